@@ -1,0 +1,335 @@
+"""Protocol conversion for the clients: numpy and images in, protobuf out, and back.
+
+Everything here is pure (no I/O, no channels), so the synchronous and the asyncio
+client share it and differ only in how they await the RPC.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeAlias, Union
+
+import grpc
+import numpy as np
+from PIL import Image
+
+from clients.errors import invalid_argument
+from clients.types import Classification, ClassScore, ModelIndexEntry, ModelMetadata, TensorMetadata
+from modelrepo.config import DATATYPES
+from protocol import grpc_service_pb2, image_classification_pb2
+
+#: The server's default gRPC message cap (``--max-message-bytes``); the client matches it.
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+#: What ``classify`` accepts for one image.
+ImageLike: TypeAlias = Union[str, "os.PathLike[str]", bytes, Image.Image, np.ndarray]
+
+_KSERVE_OF_NUMPY = {np.dtype(numpy_name): kserve for kserve, numpy_name in DATATYPES.items()}
+
+
+def channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[tuple[str, Any]]:
+    """Channel options: message caps that match the server's, so big batches are not cut off."""
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+    ]
+
+
+def _read_pem(value: bytes | str | os.PathLike[str] | None) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    return Path(value).read_bytes()
+
+
+def tls_credentials(
+    root_certificates: bytes | str | os.PathLike[str] | None = None,
+    private_key: bytes | str | os.PathLike[str] | None = None,
+    certificate_chain: bytes | str | os.PathLike[str] | None = None,
+) -> grpc.ChannelCredentials:
+    """TLS credentials from PEM bytes or paths to PEM files.
+
+    ``root_certificates`` None uses the system roots; give ``private_key`` and
+    ``certificate_chain`` together for mutual TLS.
+    """
+    if (private_key is None) != (certificate_chain is None):
+        raise ValueError("private_key and certificate_chain must be given together for client TLS")
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read_pem(root_certificates),
+        private_key=_read_pem(private_key),
+        certificate_chain=_read_pem(certificate_chain),
+    )
+
+
+def kserve_datatype(dtype: np.dtype[Any]) -> str | None:
+    """The KServe v2 datatype name of a numpy dtype, or None if the protocol has none."""
+    return _KSERVE_OF_NUMPY.get(np.dtype(dtype).newbyteorder("="))
+
+
+def _dims(shape: Iterable[int]) -> str:
+    return "[" + ",".join("N" if d < 0 else str(d) for d in shape) + "]"
+
+
+def metadata_from_proto(response: grpc_service_pb2.ModelMetadataResponse) -> ModelMetadata:
+    """The plain form of a ModelMetadata answer."""
+
+    def tensors(items: Iterable[Any]) -> tuple[TensorMetadata, ...]:
+        return tuple(TensorMetadata(t.name, t.datatype, tuple(int(d) for d in t.shape)) for t in items)
+
+    return ModelMetadata(
+        name=response.name,
+        versions=tuple(response.versions),
+        platform=response.platform,
+        inputs=tensors(response.inputs),
+        outputs=tensors(response.outputs),
+    )
+
+
+def index_from_proto(response: grpc_service_pb2.RepositoryIndexResponse) -> list[ModelIndexEntry]:
+    """The plain form of a RepositoryIndex answer."""
+    return [ModelIndexEntry(m.name, m.version, m.state, m.reason) for m in response.models]
+
+
+def check_inputs(
+    metadata: ModelMetadata, inputs: Mapping[str, np.ndarray] | np.ndarray
+) -> list[tuple[TensorMetadata, np.ndarray]]:
+    """Match ``inputs`` to the model's inputs and check name, datatype and shape.
+
+    A bare array is taken as the model's only input. Raises
+    :class:`~clients.errors.InferenceServerError` (INVALID_ARGUMENT) naming the bad
+    value and what the model expects, as the server would.
+    """
+    model = metadata.name
+    expected = [t.name for t in metadata.inputs]
+    if isinstance(inputs, np.ndarray):
+        if len(metadata.inputs) != 1:
+            raise invalid_argument(
+                f"model {model!r} expects {len(expected)} inputs {expected}; pass a dict of name -> array"
+            )
+        inputs = {metadata.inputs[0].name: inputs}
+    if len(inputs) != len(expected):
+        raise invalid_argument(
+            f"model {model!r} expects {len(expected)} input{'s' if len(expected) != 1 else ''} {expected}; "
+            f"the request has {len(inputs)}: {list(inputs)}"
+        )
+    for name in inputs:
+        if name not in expected:
+            wanted = repr(expected[0]) if len(expected) == 1 else f"one of {expected}"
+            raise invalid_argument(f"input {name!r} is not an input of model {model!r}; expected {wanted}")
+    checked = []
+    for spec in metadata.inputs:
+        array = np.asarray(inputs[spec.name])
+        datatype = kserve_datatype(array.dtype)
+        if datatype != spec.datatype:
+            raise invalid_argument(
+                f"input {spec.name!r} has datatype {datatype or array.dtype.name!r}; "
+                f"model {model!r} expects {spec.datatype}"
+            )
+        shape = array.shape
+        fits = (
+            len(shape) == len(spec.shape)
+            and all(e < 0 or e == d for d, e in zip(shape, spec.shape, strict=True))
+            and (not shape or spec.shape[0] >= 0 or shape[0] >= 1)
+        )
+        if not fits:
+            suffix = " with N >= 1" if spec.shape and spec.shape[0] < 0 else ""
+            raise invalid_argument(
+                f"input {spec.name!r} has shape {_dims(shape)}; model {model!r} expects "
+                f"{_dims(spec.shape)}{suffix}"
+            )
+        checked.append((spec, array))
+    return checked
+
+
+def infer_request(
+    model: str,
+    inputs: Sequence[tuple[TensorMetadata, np.ndarray]],
+    outputs: Sequence[str] = (),
+    version: str = "",
+    request_id: str = "",
+) -> grpc_service_pb2.ModelInferRequest:
+    """A ModelInfer request carrying the arrays as ``raw_input_contents`` (row-major, little-endian)."""
+    request = grpc_service_pb2.ModelInferRequest(model_name=model, model_version=version, id=request_id)
+    for spec, array in inputs:
+        tensor = request.inputs.add()
+        tensor.name = spec.name
+        tensor.datatype = spec.datatype
+        tensor.shape.extend(array.shape)
+        request.raw_input_contents.append(
+            np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+        )
+    for name in outputs:
+        request.outputs.add().name = name
+    return request
+
+
+def infer_response_arrays(response: grpc_service_pb2.ModelInferResponse) -> dict[str, np.ndarray]:
+    """The output tensors of a ModelInfer answer, by name (from raw or typed contents)."""
+    arrays: dict[str, np.ndarray] = {}
+    for i, tensor in enumerate(response.outputs):
+        numpy_name = DATATYPES.get(tensor.datatype)
+        if numpy_name is None:
+            raise ValueError(
+                f"output {tensor.name!r} has datatype {tensor.datatype!r}, which numpy cannot hold"
+            )
+        dtype = np.dtype(numpy_name).newbyteorder("<")
+        shape = tuple(int(d) for d in tensor.shape)
+        if i < len(response.raw_output_contents):
+            array = np.frombuffer(response.raw_output_contents[i], dtype=dtype)
+        else:
+            field = {
+                "BOOL": "bool_contents",
+                "FP32": "fp32_contents",
+                "FP64": "fp64_contents",
+                "INT64": "int64_contents",
+                "UINT64": "uint64_contents",
+            }.get(tensor.datatype, "uint_contents" if tensor.datatype.startswith("UINT") else "int_contents")
+            array = np.asarray(getattr(tensor.contents, field), dtype=dtype)
+        # A copy, so callers get an ordinary writable array, not a view on the message's bytes.
+        arrays[tensor.name] = array.reshape(shape).astype(dtype.newbyteorder("="), copy=True)
+    return arrays
+
+
+def encode_png(image: Image.Image) -> bytes:
+    """PNG bytes of a PIL image (lossless, so the server sees exactly these pixels)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def is_tensor(item: object) -> bool:
+    """True for an already-preprocessed CHW (or NCHW) floating-point array."""
+    return isinstance(item, np.ndarray) and item.dtype.kind == "f"
+
+
+def encode_image(item: ImageLike) -> bytes:
+    """Encoded image bytes for a path, bytes, PIL image, or HxW / HxWxC uint8 array."""
+    if isinstance(item, bytes):
+        return item
+    if isinstance(item, str | os.PathLike):
+        return Path(item).read_bytes()
+    if isinstance(item, Image.Image):
+        return encode_png(item)
+    if isinstance(item, np.ndarray):
+        if item.dtype != np.uint8:
+            raise invalid_argument(
+                f"image array has dtype {item.dtype}; expected uint8 HxW or HxWxC pixels, "
+                "or a float32 CHW tensor that is already preprocessed"
+            )
+        if item.ndim == 3 and item.shape[2] == 1:
+            item = item[:, :, 0]
+        if not (item.ndim == 2 or (item.ndim == 3 and item.shape[2] in (3, 4))):
+            raise invalid_argument(
+                f"image array has shape {list(item.shape)}; expected HxW, HxWx1, HxWx3 or HxWx4 uint8 pixels"
+            )
+        return encode_png(Image.fromarray(item))
+    raise TypeError(
+        f"image of type {type(item).__name__} is not supported; expected a path, bytes, "
+        "a PIL image or a numpy array"
+    )
+
+
+def split_images(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:
+    """A list of single images from one image, a sequence of them, or an NCHW float batch."""
+    if isinstance(images, np.ndarray):
+        if is_tensor(images) and images.ndim == 4:
+            return list(images)
+        return [images]
+    if isinstance(images, str | bytes | os.PathLike | Image.Image):
+        return [images]
+    return list(images)
+
+
+def classify_request(
+    images: Sequence[bytes], model: str | None, top_k: int, version: str = ""
+) -> image_classification_pb2.ClassifyRequest:
+    """A Classify request for encoded images."""
+    return image_classification_pb2.ClassifyRequest(
+        model_name=model or "", model_version=version, images=list(images), top_k=top_k
+    )
+
+
+def classifications_from_proto(response: image_classification_pb2.ClassifyResponse) -> list[Classification]:
+    """The plain form of a Classify answer, one entry per image."""
+    return [
+        Classification(
+            tuple(ClassScore(int(c.index), c.label, float(c.score)) for c in result.classes),
+            model=response.model_name,
+            version=response.model_version,
+        )
+        for result in response.results
+    ]
+
+
+def classify_tensor_request(
+    model: str,
+    inputs: Sequence[tuple[TensorMetadata, np.ndarray]],
+    output: str,
+    top_k: int,
+    version: str = "",
+) -> grpc_service_pb2.ModelInferRequest:
+    """A ModelInfer request for preprocessed tensors that asks for ``output`` twice.
+
+    First as the plain logits (for the softmax scores), then through the
+    classification extension (``score:index:label`` strings) for the labels, which
+    the KServe metadata does not carry.
+    """
+    request = infer_request(model, inputs, (output, output), version)
+    request.outputs[1].parameters["classification"].int64_param = top_k
+    return request
+
+
+def _split_bytes(raw: bytes) -> list[bytes]:
+    """The elements of a raw BYTES tensor: each a 4-byte little-endian length, then the data."""
+    items, offset = [], 0
+    while offset + 4 <= len(raw):
+        length = int.from_bytes(raw[offset : offset + 4], "little")
+        items.append(raw[offset + 4 : offset + 4 + length])
+        offset += 4 + length
+    return items
+
+
+def classifications_from_tensors(
+    response: grpc_service_pb2.ModelInferResponse, top_k: int
+) -> list[Classification]:
+    """Classifications from the answer to :func:`classify_tensor_request`."""
+    if len(response.outputs) != 2 or len(response.raw_output_contents) != 2:
+        raise ValueError(f"expected 2 raw outputs (logits, classes); the server sent {len(response.outputs)}")
+    logits_meta = response.outputs[0]
+    logits = np.frombuffer(response.raw_output_contents[0], dtype="<f4").reshape(tuple(logits_meta.shape))
+    labels: dict[int, str] = {}
+    for item in _split_bytes(response.raw_output_contents[1]):
+        _, index, *label = item.decode().split(":", 2)
+        labels[int(index)] = label[0] if label else index
+    names = [labels.get(i, str(i)) for i in range(logits.shape[1])]
+    return [
+        Classification(c.classes, model=response.model_name, version=response.model_version)
+        for c in top_k_classes(logits, names, top_k)
+    ]
+
+
+def top_k_classes(logits: np.ndarray, labels: Sequence[str] | None, top_k: int) -> list[Classification]:
+    """Softmax and the best ``top_k`` classes for each row of ``logits`` (N x classes)."""
+    logits = np.asarray(logits, dtype=np.float64).reshape(len(logits), -1)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    probabilities = np.exp(shifted)
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    k = max(1, min(top_k, probabilities.shape[1]))
+    if labels is None:
+        labels = [str(i) for i in range(probabilities.shape[1])]
+    results = []
+    for row in probabilities:
+        best = np.argsort(-row, kind="stable")[:k]
+        results.append(
+            Classification(
+                tuple(
+                    ClassScore(
+                        int(i), labels[i] if labels and i < len(labels) else str(int(i)), float(row[i])
+                    )
+                    for i in best
+                )
+            )
+        )
+    return results

@@ -1,0 +1,231 @@
+"""The synchronous client."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from clients import convert
+from clients.auth import BearerToken
+from clients.convert import ImageLike
+from clients.errors import raise_error
+from clients.types import Classification, ModelIndexEntry, ModelMetadata
+from protocol import (
+    grpc_service_pb2,
+    grpc_service_pb2_grpc,
+    image_classification_pb2_grpc,
+    model_config_pb2,
+)
+
+PemSource = bytes | str | os.PathLike[str] | None
+
+
+class InferenceClient:
+    """A blocking client for one server, over one reused channel.
+
+    ``url`` is ``HOST:PORT``. Every method takes ``timeout`` in seconds; None uses
+    the client's ``timeout``. Failed calls raise
+    :class:`~clients.errors.InferenceServerError`. Use it as a context manager, or
+    call :meth:`close`. ``token`` sends ``authorization: Bearer <token>`` on every call.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float | None = 30.0,
+        ssl: bool = False,
+        root_certificates: PemSource = None,
+        private_key: PemSource = None,
+        certificate_chain: PemSource = None,
+        max_message_bytes: int = convert.DEFAULT_MAX_MESSAGE_BYTES,
+        token: str | None = None,
+    ) -> None:
+        options = convert.channel_options(max_message_bytes)
+        if ssl or root_certificates is not None or private_key is not None:
+            credentials = convert.tls_credentials(root_certificates, private_key, certificate_chain)
+            self._raw_channel = grpc.secure_channel(url, credentials, options=options)
+        else:
+            self._raw_channel = grpc.insecure_channel(url, options=options)
+        self._channel: grpc.Channel = self._raw_channel
+        if token:
+            self._channel = grpc.intercept_channel(self._raw_channel, BearerToken(token))
+        self.url = url
+        self.timeout = timeout
+        self._inference = grpc_service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+        self._images = image_classification_pb2_grpc.ImageClassificationStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._metadata: dict[tuple[str, str], ModelMetadata] = {}
+
+    def __enter__(self) -> InferenceClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channel; calls in flight are cancelled."""
+        self._raw_channel.close()
+
+    def _timeout(self, timeout: float | None) -> float | None:
+        return self.timeout if timeout is None else timeout
+
+    # Health -----------------------------------------------------------------------------------
+
+    def server_live(self, *, timeout: float | None = None) -> bool:
+        """Whether the server process answers (KServe ServerLive)."""
+        try:
+            request = grpc_service_pb2.ServerLiveRequest()
+            return bool(self._inference.ServerLive(request, timeout=self._timeout(timeout)).live)
+        except grpc.RpcError as error:
+            raise_error(error)
+
+    def server_ready(self, *, timeout: float | None = None) -> bool:
+        """Whether the server is ready for inference (KServe ServerReady)."""
+        try:
+            request = grpc_service_pb2.ServerReadyRequest()
+            return bool(self._inference.ServerReady(request, timeout=self._timeout(timeout)).ready)
+        except grpc.RpcError as error:
+            raise_error(error)
+
+    def model_ready(self, model: str, version: str = "", *, timeout: float | None = None) -> bool:
+        """Whether one model (version) is loaded and ready."""
+        try:
+            request = grpc_service_pb2.ModelReadyRequest(name=model, version=version)
+            return bool(self._inference.ModelReady(request, timeout=self._timeout(timeout)).ready)
+        except grpc.RpcError as error:
+            raise_error(error)
+
+    def health(self, service: str = "", *, timeout: float | None = None) -> str:
+        """The grpc.health.v1 status of ``service`` ("" is the whole server), e.g. ``"SERVING"``."""
+        try:
+            response = self._health.Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=self._timeout(timeout)
+            )
+        except grpc.RpcError as error:
+            raise_error(error)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+    # Repository and models ------------------------------------------------------------------------
+
+    def server_metadata(self, *, timeout: float | None = None) -> grpc_service_pb2.ServerMetadataResponse:
+        """The server's name, version and protocol extensions."""
+        try:
+            request = grpc_service_pb2.ServerMetadataRequest()
+            return self._inference.ServerMetadata(request, timeout=self._timeout(timeout))
+        except grpc.RpcError as error:
+            raise_error(error)
+
+    def list_models(self, *, ready: bool = False, timeout: float | None = None) -> list[ModelIndexEntry]:
+        """The repository index: every model version and its state (only ready ones if ``ready``)."""
+        try:
+            request = grpc_service_pb2.RepositoryIndexRequest(ready=ready)
+            response = self._inference.RepositoryIndex(request, timeout=self._timeout(timeout))
+        except grpc.RpcError as error:
+            raise_error(error)
+        return convert.index_from_proto(response)
+
+    def model_metadata(
+        self, model: str, version: str = "", *, timeout: float | None = None, refresh: bool = False
+    ) -> ModelMetadata:
+        """The model's inputs and outputs; cached per (model, version) unless ``refresh``."""
+        key = (model, version)
+        if refresh or key not in self._metadata:
+            try:
+                request = grpc_service_pb2.ModelMetadataRequest(name=model, version=version)
+                response = self._inference.ModelMetadata(request, timeout=self._timeout(timeout))
+            except grpc.RpcError as error:
+                raise_error(error)
+            self._metadata[key] = convert.metadata_from_proto(response)
+        return self._metadata[key]
+
+    def model_config(
+        self, model: str, version: str = "", *, timeout: float | None = None
+    ) -> model_config_pb2.ModelConfig:
+        """The model's configuration (Triton ModelConfig: batching, instances, tensors)."""
+        try:
+            request = grpc_service_pb2.ModelConfigRequest(name=model, version=version)
+            return self._inference.ModelConfig(request, timeout=self._timeout(timeout)).config
+        except grpc.RpcError as error:
+            raise_error(error)
+
+    # Inference --------------------------------------------------------------------------------
+
+    def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray] | np.ndarray,
+        outputs: Sequence[str] = (),
+        *,
+        version: str = "",
+        timeout: float | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run the model on raw tensors and return its outputs by name.
+
+        ``inputs`` maps input names to arrays that include the batch dimension; a
+        bare array is the model's only input. They are checked against the model's
+        metadata before anything is sent. ``outputs`` picks outputs (default: all).
+        """
+        checked = convert.check_inputs(self.model_metadata(model, version, timeout=timeout), inputs)
+        request = convert.infer_request(model, checked, outputs, version)
+        try:
+            response = self._inference.ModelInfer(request, timeout=self._timeout(timeout))
+        except grpc.RpcError as error:
+            raise_error(error)
+        return convert.infer_response_arrays(response)
+
+    def classify(
+        self,
+        images: ImageLike | Sequence[ImageLike],
+        model: str | None = None,
+        top_k: int = 1,
+        *,
+        version: str = "",
+        timeout: float | None = None,
+    ) -> list[Classification]:
+        """Classify images; one :class:`Classification` (top-k, best first) per image.
+
+        Images may be file paths, encoded bytes, PIL images or uint8 HxW / HxWxC
+        arrays (sent encoded; the server preprocesses them), or float CHW / NCHW
+        arrays that are already preprocessed (sent as raw tensors). ``model`` None
+        is the server's default model (encoded images only).
+        """
+        if top_k < 1:
+            raise ValueError(f"top_k is {top_k}; expected >= 1")
+        items = convert.split_images(images)
+        results: list[Classification | None] = [None] * len(items)
+        encoded = [
+            (i, convert.encode_image(item)) for i, item in enumerate(items) if not convert.is_tensor(item)
+        ]
+        tensors = [(i, item) for i, item in enumerate(items) if convert.is_tensor(item)]
+        if encoded:
+            request = convert.classify_request([data for _, data in encoded], model, top_k, version)
+            try:
+                response = self._images.Classify(request, timeout=self._timeout(timeout))
+            except grpc.RpcError as error:
+                raise_error(error)
+            for (i, _), result in zip(encoded, convert.classifications_from_proto(response), strict=True):
+                results[i] = result
+        if tensors:
+            if not model:
+                raise ValueError("classify of preprocessed tensors needs model=NAME")
+            metadata = self.model_metadata(model, version, timeout=timeout)
+            batch = np.stack([np.asarray(t) for _, t in tensors])
+            checked = convert.check_inputs(metadata, batch)
+            output = metadata.outputs[0].name
+            infer_request = convert.classify_tensor_request(model, checked, output, top_k, version)
+            try:
+                infer_response = self._inference.ModelInfer(infer_request, timeout=self._timeout(timeout))
+            except grpc.RpcError as error:
+                raise_error(error)
+            classified = convert.classifications_from_tensors(infer_response, top_k)
+            for (i, _), result in zip(tensors, classified, strict=True):
+                results[i] = result
+        return [r for r in results if r is not None]

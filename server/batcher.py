@@ -1,0 +1,420 @@
+"""Per-model dynamic batching.
+
+Requests are queued with one future each. A worker per model instance takes as
+many queued samples as fit into ``max_batch_size``, merges them into one array,
+runs it on its instance, and hands each request its own slice of the result, or
+the exception. Requests whose deadline has passed or whose caller went away are
+dropped before they are computed.
+
+When a worker takes a batch (the policy, measured in ``docs/benchmarks.md``):
+
+- at once when the queue holds a full batch or ``max_queue_delay`` is 0;
+- at once when the model has been serving one request at a time (*greedy*, the
+  default): no two requests were in flight together during the last
+  :data:`CROWD_WINDOW_S`, so no one else is likely to join, and a lone request is
+  never delayed;
+- otherwise, under concurrent load, it waits for company until the batch fills or
+  ``max_queue_delay`` has passed since the oldest queued request arrived *or* since
+  the worker's instance became free, whichever is later: requests that queued while
+  every instance computed have waited already, and the window after an instance
+  frees up lets the callers just answered send their next requests into the batch.
+  (The wait is a timer, never a busy loop: spinning on the event loop would hold the
+  GIL that grpc's completion-queue thread needs to hand over the very requests the
+  batch waits for.)
+
+With ``greedy=False`` every batch that is not full waits for company as above
+(Triton's behaviour).
+
+Where a batch runs: ONNX Runtime releases the GIL, so a batch normally runs on its
+instance's own thread while the event loop keeps serving. Handing a batch to a
+thread and its result back costs tens of microseconds of CPU and two thread
+wake-ups, more than a tiny model's whole computation, so a batch whose predicted
+compute time (a running per-sample average of this model's measured batches) is
+below ``inline_compute_s`` runs on the event loop itself.
+
+Times are the event loop's monotonic clock (``loop.time()``), never wall-clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import numpy as np
+
+from server.errors import DeadlineExceeded, QueueFull, Unavailable
+
+logger = logging.getLogger(__name__)
+
+#: Runs one merged batch on instance ``index`` and returns the output batch.
+RunBatch = Callable[[int, np.ndarray], np.ndarray]
+
+#: Batches predicted to compute faster than this run on the event loop (see the module docstring).
+DEFAULT_INLINE_COMPUTE_S = 200e-6
+#: Weight of the newest batch in the running per-sample compute time.
+_EWMA_WEIGHT = 0.2
+#: How long after two requests were last in flight together a model counts as under concurrent load.
+CROWD_WINDOW_S = 1.0
+
+
+class BatchObserver(Protocol):
+    """Receives what the batcher measured (statistics and metrics)."""
+
+    def record_batch(self, size: int, queue_ns: Sequence[int], compute_ns: int) -> None: ...
+
+    def set_pending(self, requests: int) -> None: ...
+
+
+def merge(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, list[int]]:
+    """Concatenate request arrays along the batch axis; return the batch and each request's size."""
+    sizes = [len(a) for a in arrays]
+    if len(arrays) == 1:
+        return arrays[0], sizes  # the common unbatched case: no copy
+    return np.concatenate(arrays, axis=0), sizes
+
+
+def split(batch: np.ndarray, sizes: Sequence[int]) -> list[np.ndarray]:
+    """Cut an output batch back into per-request arrays (views), in request order."""
+    if sum(sizes) != len(batch):
+        raise ValueError(f"output batch has {len(batch)} rows; the requests hold {sum(sizes)} samples")
+    parts = []
+    offset = 0
+    for size in sizes:
+        parts.append(batch[offset : offset + size])
+        offset += size
+    return parts
+
+
+class _Request:
+    __slots__ = ("array", "deadline", "enqueued", "future", "size")
+
+    def __init__(
+        self, array: np.ndarray, future: asyncio.Future[np.ndarray], deadline: float | None, now: float
+    ) -> None:
+        self.array = array
+        self.size = len(array)
+        self.future = future
+        self.deadline = deadline
+        self.enqueued = now
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def _deliver(future: asyncio.Future[tuple[np.ndarray, int]], output: np.ndarray, compute_ns: int) -> None:
+    if not future.done():
+        future.set_result((output, compute_ns))
+
+
+def _fail(future: asyncio.Future[tuple[np.ndarray, int]], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
+_Job = tuple[np.ndarray, asyncio.Future[tuple[np.ndarray, int]]]
+
+
+class _InstanceThread:
+    """One instance's own thread: runs the batches put to it and posts each result to the loop.
+
+    A plain thread and a ``SimpleQueue`` instead of a ``ThreadPoolExecutor``: no
+    ``concurrent.futures.Future`` and no future chaining per batch, only one
+    ``call_soon_threadsafe`` back.
+    """
+
+    def __init__(self, name: str, index: int, run: RunBatch, loop: asyncio.AbstractEventLoop) -> None:
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._index = index
+        self._run = run
+        self._loop = loop
+        self._thread = threading.Thread(target=self._body, name=f"infer-{name}-{index}", daemon=True)
+        self._thread.start()
+
+    def submit(self, batch: np.ndarray) -> asyncio.Future[tuple[np.ndarray, int]]:
+        """Run ``batch`` on the thread; the future gets (output, compute ns)."""
+        future: asyncio.Future[tuple[np.ndarray, int]] = self._loop.create_future()
+        self._jobs.put((batch, future))
+        return future
+
+    def stop(self) -> None:
+        """Let the thread finish its current batch and exit (not waited for)."""
+        self._jobs.put(None)
+
+    def _body(self) -> None:
+        clock = time.perf_counter_ns
+        while (job := self._jobs.get()) is not None:
+            batch, future = job
+            started = clock()
+            try:
+                output = self._run(self._index, batch)
+            except BaseException as exc:
+                self._post(_fail, future, exc)
+            else:
+                self._post(_deliver, future, output, clock() - started)
+
+    def _post(self, callback: Callable[..., None], *args: object) -> None:
+        # RuntimeError: the loop is closed, so nobody is waiting any more.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(callback, *args)
+
+
+class DynamicBatcher:
+    """Batches one model's requests over ``instances`` parallel runners.
+
+    Must be created and used on one event loop; :meth:`start` needs it running.
+    Callers that :meth:`submit` a request call :meth:`release` once they are done
+    with its result (:meth:`infer` does both): until then the request counts as one
+    the model is serving, which is how the batcher tells concurrent load from
+    requests that come one at a time.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        run: RunBatch,
+        *,
+        instances: int,
+        max_batch_size: int,
+        max_queue_delay_s: float,
+        max_queue_size: int,
+        observer: BatchObserver | None = None,
+        greedy: bool = True,
+        inline_compute_s: float = DEFAULT_INLINE_COMPUTE_S,
+    ) -> None:
+        self.name = name
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_s = max_queue_delay_s
+        self.max_queue_size = max_queue_size
+        self.instances = instances
+        self.greedy = greedy
+        self.inline_compute_s = inline_compute_s
+        self._run = run
+        self._observer = observer
+        self._queue: collections.deque[_Request] = collections.deque()
+        self._queued_samples = 0
+        self._executing = 0
+        #: Requests submitted and not yet released by their callers.
+        self._serving = 0
+        #: Idle workers wait on their own future here; a submit wakes one.
+        self._idle_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        #: Until this loop time the model counts as under concurrent load (see CROWD_WINDOW_S).
+        self._crowded_until = 0.0
+        #: Workers waiting for company; woken when the batch fills.
+        self._fill_waiters: list[asyncio.Future[None]] = []
+        self._drained: asyncio.Event | None = None
+        self._accepting = True
+        self._workers: list[asyncio.Task[None]] = []
+        self._threads: list[_InstanceThread] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: Running average of compute seconds per sample; None until a batch was measured.
+        self._per_sample_s: float | None = None
+
+    @property
+    def pending(self) -> int:
+        """Requests queued or being computed."""
+        return len(self._queue) + self._executing
+
+    def start(self) -> None:
+        """Start one worker task and one thread per instance on the running loop."""
+        self._loop = asyncio.get_running_loop()
+        self._drained = asyncio.Event()
+        self._threads = [_InstanceThread(self.name, i, self._run, self._loop) for i in range(self.instances)]
+        self._workers = [
+            self._loop.create_task(self._worker(i), name=f"batcher-{self.name}-{i}")
+            for i in range(self.instances)
+        ]
+
+    def submit(self, array: np.ndarray, deadline: float | None = None) -> asyncio.Future[np.ndarray]:
+        """Queue ``array`` (batch-first) and return the future of its output.
+
+        ``deadline`` is an absolute ``loop.time()``. Raises QueueFull at once when the
+        queue holds ``max_queue_size`` requests, Unavailable when the batcher is closing.
+        """
+        loop = self._loop
+        if loop is None or not self._accepting:
+            raise Unavailable(f"model {self.name!r} is not accepting requests (stopping)")
+        queue_ = self._queue
+        if len(queue_) >= self.max_queue_size:
+            raise QueueFull(
+                f"model {self.name!r} queue is full ({self.max_queue_size} requests waiting); retry later"
+            )
+        future: asyncio.Future[np.ndarray] = loop.create_future()
+        now = loop.time()
+        queue_.append(_Request(array, future, deadline, now))
+        self._queued_samples += len(array)
+        self._serving += 1
+        if self._serving > 1:
+            self._crowded_until = now + CROWD_WINDOW_S
+        waiters = self._idle_waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                break
+        if self._fill_waiters and self._queued_samples >= self.max_batch_size:
+            self._wake_fillers()
+        return future
+
+    def release(self) -> None:
+        """The caller of one :meth:`submit` is done with its result (or gave up on it)."""
+        self._serving -= 1
+
+    def _wake_fillers(self) -> None:
+        for waiter in self._fill_waiters:
+            _wake(waiter)
+        self._fill_waiters.clear()
+
+    async def infer(self, array: np.ndarray, deadline: float | None = None) -> np.ndarray:
+        """:meth:`submit` and wait for the output, releasing the request afterwards."""
+        future = self.submit(array, deadline)
+        try:
+            return await future
+        finally:
+            self.release()
+
+    async def drain(self, timeout: float | None) -> bool:
+        """Stop accepting requests and wait until the queued and running ones are done.
+
+        Returns False if ``timeout`` seconds passed first.
+        """
+        self._accepting = False
+        if self._drained is None:
+            return True
+        if self.pending == 0:
+            return True
+        self._drained.clear()
+        try:
+            await asyncio.wait_for(self._drained.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        """Stop the workers and threads, and fail anything still queued."""
+        self._accepting = False
+        for task in self._workers:
+            task.cancel()
+        for task in self._workers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        while self._queue:
+            request = self._queue.popleft()
+            if not request.future.done():
+                request.future.set_exception(Unavailable(f"model {self.name!r} was stopped"))
+        self._queued_samples = 0
+        for thread in self._threads:
+            thread.stop()
+
+    def _waits_for_company(self, now: float) -> bool:
+        """Whether a batch that is not full should wait: under concurrent load, or never greedy."""
+        return self.max_queue_delay_s > 0 and (not self.greedy or now < self._crowded_until)
+
+    async def _worker(self, index: int) -> None:
+        loop = asyncio.get_running_loop()
+        queue_ = self._queue
+        free_since = loop.time()
+        while True:
+            if not queue_:
+                waiter: asyncio.Future[None] = loop.create_future()
+                self._idle_waiters.append(waiter)
+                await waiter
+                continue
+            now = loop.time()
+            if self._queued_samples < self.max_batch_size and self._waits_for_company(now):
+                remaining = max(queue_[0].enqueued, free_since) + self.max_queue_delay_s - now
+                if remaining > 0:
+                    fill: asyncio.Future[None] = loop.create_future()
+                    self._fill_waiters.append(fill)
+                    timer = loop.call_later(remaining, _wake, fill)
+                    try:
+                        await fill
+                    finally:
+                        timer.cancel()
+                    continue
+            batch = self._take(loop.time())
+            if batch:
+                await self._execute(loop, index, batch)
+                free_since = loop.time()
+
+    def _take(self, now: float) -> list[_Request]:
+        """Pop the requests for one batch, in arrival order; drop cancelled and expired ones."""
+        queue_ = self._queue
+        batch: list[_Request] = []
+        total = 0
+        limit = self.max_batch_size
+        while queue_:
+            request = queue_[0]
+            if request.future.done():  # the caller went away (cancelled)
+                queue_.popleft()
+                self._queued_samples -= request.size
+                continue
+            if request.deadline is not None and now >= request.deadline:
+                queue_.popleft()
+                self._queued_samples -= request.size
+                request.future.set_exception(
+                    DeadlineExceeded(f"request to model {self.name!r} expired while queued")
+                )
+                continue
+            if total + request.size > limit:
+                break
+            queue_.popleft()
+            self._queued_samples -= request.size
+            batch.append(request)
+            total += request.size
+        if not batch:
+            self._check_drained()
+        return batch
+
+    async def _execute(self, loop: asyncio.AbstractEventLoop, index: int, batch: list[_Request]) -> None:
+        merged, sizes = merge([request.array for request in batch])
+        self._executing += 1
+        started = loop.time()
+        observer = self._observer
+        if observer is not None:
+            observer.set_pending(len(self._queue) + self._executing)
+        per_sample = self._per_sample_s
+        try:
+            if per_sample is not None and per_sample * len(merged) < self.inline_compute_s:
+                clock = time.perf_counter_ns()
+                output = self._run(index, merged)
+                compute_ns = time.perf_counter_ns() - clock
+            else:
+                output, compute_ns = await self._threads[index].submit(merged)
+            parts = split(output, sizes)
+        except BaseException as exc:
+            compute_ns = 0
+            # Cancelled (the batcher is closing): the callers still get an answer.
+            error = exc if isinstance(exc, Exception) else Unavailable(f"model {self.name!r} was stopped")
+            for request in batch:
+                if not request.future.done():
+                    request.future.set_exception(error)
+            if error is not exc:
+                raise
+        else:
+            seconds = compute_ns / 1e9 / len(merged)
+            self._per_sample_s = (
+                seconds if per_sample is None else per_sample + _EWMA_WEIGHT * (seconds - per_sample)
+            )
+            for request, part in zip(batch, parts, strict=True):
+                if not request.future.done():
+                    request.future.set_result(part)
+        finally:
+            self._executing -= 1
+            if observer is not None:
+                queue_ns = [int((started - request.enqueued) * 1e9) for request in batch]
+                observer.record_batch(len(merged), queue_ns, compute_ns)
+                observer.set_pending(len(self._queue) + self._executing)
+            self._check_drained()
+
+    def _check_drained(self) -> None:
+        if self._drained is not None and not self._queue and self._executing == 0:
+            self._drained.set()

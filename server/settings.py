@@ -1,0 +1,307 @@
+"""The server's settings: one frozen object built once from flags and environment.
+
+Every flag ``--some-flag`` can also come from the environment variable
+``CNNSERVE_SOME_FLAG``; a flag given on the command line wins over the
+environment, which wins over the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ENV_PREFIX = "CNNSERVE_"
+#: A version number as the repository spells its directories: ASCII digits, no leading zero.
+_VERSION = re.compile(r"[1-9][0-9]{0,17}")
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class ModelSelection:
+    """A model to load at start-up, optionally pinned to one version."""
+
+    name: str
+    version: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ModelSelection:
+        """Parse ``name`` or ``name:version``."""
+        name, sep, version = text.strip().partition(":")
+        if not sep:
+            return cls(name)
+        if not _VERSION.fullmatch(version):
+            raise ValueError(f"model {text!r} has version {version!r}; expected a positive integer")
+        return cls(name, int(version))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server is configured with; see ``docs/server.md``."""
+
+    repository: Path = Path("model_repository")
+    host: str = "0.0.0.0"
+    port: int = 8001
+    #: 0 picks a free port; a negative value disables the metrics endpoint.
+    metrics_port: int = 8002
+    device: str = "auto"
+    #: Models to load at start-up; empty means every model in the repository.
+    models: tuple[ModelSelection, ...] = ()
+    #: Model used by the image service when a request names none; None means the first loaded.
+    default_model: str | None = None
+    # Batching overrides; None keeps each model's own config.json value.
+    max_batch_size: int | None = None
+    max_queue_delay_us: int | None = None
+    max_queue_size: int | None = None
+    instances: int | None = None
+    #: ONNX Runtime intra-op threads per instance; 0 picks min(4, cores // instances), or 1 for a
+    #: model whose batch of one runs in under a millisecond.
+    intra_op_threads: int = 0
+    #: A request to a model that has been serving one request at a time runs at once instead of
+    #: waiting max_queue_delay_us for company (off: Triton's behaviour, every batch waits).
+    greedy_batching: bool = True
+    #: Server processes sharing the gRPC port (SO_REUSEPORT); worker i serves metrics on
+    #: metrics_port + i.
+    workers: int = 1
+    grace_period: float = 10.0
+    max_message_bytes: int = 64 * MiB
+    max_image_pixels: int = 4096 * 4096
+    log_level: str = "INFO"
+    log_format: str = "text"
+    # -- security and limits (docs/reliability.md) --
+    #: PEM server certificate chain and key; both set: the gRPC port speaks TLS only.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: PEM CA bundle; set: clients must present a certificate signed by it (mutual TLS).
+    tls_client_ca: Path | None = None
+    #: Bearer token every RPC except health checks must carry; None: no authentication.
+    #: Kept out of repr so it never reaches a log line.
+    auth_token: str | None = field(default=None, repr=False)
+    #: Whether RepositoryModelLoad / RepositoryModelUnload may be called at all.
+    allow_model_control: bool = False
+    #: HTTP/2 streams one client connection may have open at once.
+    max_concurrent_streams: int = 128
+    #: RPCs in progress across all connections before new ones get RESOURCE_EXHAUSTED; 0: no limit.
+    max_concurrent_rpcs: int = 1024
+    #: Requests one ModelStreamInfer stream may have outstanding (running or unread answers).
+    max_stream_inflight: int = 64
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"workers is {self.workers}; expected >= 1")
+        for name in ("max_batch_size", "max_queue_size", "instances"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} is {value}; expected >= 1")
+        if self.max_queue_delay_us is not None and self.max_queue_delay_us < 0:
+            raise ValueError(f"max_queue_delay_us is {self.max_queue_delay_us}; expected >= 0")
+        if self.grace_period < 0:
+            raise ValueError(f"grace_period is {self.grace_period}; expected >= 0")
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"log_format is {self.log_format!r}; expected 'text' or 'json'")
+        if self.max_message_bytes < 1 * MiB:
+            raise ValueError(f"max_message_bytes is {self.max_message_bytes}; expected >= {MiB}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError(
+                f"tls_cert is {self.tls_cert} and tls_key is {self.tls_key}; expected both or neither"
+            )
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca needs tls_cert and tls_key (client certificates need TLS)")
+        if self.auth_token is not None and not _valid_token(self.auth_token):
+            raise ValueError(
+                "auth_token is empty or holds characters outside printable ASCII (or spaces); "
+                f"expected at least {MIN_TOKEN_LENGTH} of them"
+            )
+        for name in ("max_concurrent_streams", "max_stream_inflight"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} is {getattr(self, name)}; expected >= 1")
+        if self.max_concurrent_rpcs < 0:
+            raise ValueError(
+                f"max_concurrent_rpcs is {self.max_concurrent_rpcs}; expected >= 0 (0: no limit)"
+            )
+
+    @property
+    def tls(self) -> bool:
+        """Whether the gRPC port speaks TLS."""
+        return self.tls_cert is not None
+
+
+#: A shorter token is refused: it is guessable, and almost surely a configuration mistake.
+MIN_TOKEN_LENGTH = 16
+
+
+def _valid_token(token: str) -> bool:
+    # Metadata values must be printable ASCII; a space would split "Bearer <token>".
+    return len(token) >= MIN_TOKEN_LENGTH and all("!" <= c <= "~" for c in token)
+
+
+def _flag(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"{text!r} is not a boolean; expected 1/0, true/false, yes/no, on/off")
+
+
+def read_token_file(path: Path) -> str:
+    """The token in ``path`` (surrounding whitespace, e.g. a final newline, removed)."""
+    try:
+        return Path(path).read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read the auth token file {str(path)!r}: {exc}") from None
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """The command-line interface of ``python -m server``."""
+    d = Settings()
+    p = argparse.ArgumentParser(
+        prog="python -m server",
+        description="Serve a model repository over KServe v2 gRPC on ONNX Runtime. "
+        f"Every flag can also be set as an environment variable {ENV_PREFIX}<FLAG> "
+        f"(e.g. {ENV_PREFIX}PORT=8001).",
+    )
+    p.add_argument("--repository", type=Path, default=d.repository, help="model repository directory")
+    p.add_argument("--host", default=d.host, help="address to bind")
+    p.add_argument("--port", type=int, default=d.port, help="gRPC port (0: any free port)")
+    p.add_argument(
+        "--metrics-port", type=int, default=d.metrics_port, help="Prometheus port (0: any, <0: disabled)"
+    )
+    p.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N")
+    p.add_argument(
+        "--models",
+        default="",
+        help="comma-separated models to load, each NAME or NAME:VERSION (default: all)",
+    )
+    p.add_argument("--default-model", default=None, help="model for image requests that name none")
+    p.add_argument("--max-batch-size", type=int, default=None, help="override every model's max batch")
+    p.add_argument("--max-queue-delay-us", type=int, default=None, help="override max queue delay")
+    p.add_argument("--max-queue-size", type=int, default=None, help="override queue bound (requests)")
+    p.add_argument("--instances", type=int, default=None, help="override sessions per model")
+    p.add_argument("--intra-op-threads", type=int, default=d.intra_op_threads, help="0: automatic")
+    p.add_argument(
+        "--greedy-batching",
+        type=_flag,
+        nargs="?",
+        const=True,
+        default=d.greedy_batching,
+        help="run a lone request at once instead of waiting the queue delay for company (default on)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=d.workers,
+        help="server processes sharing the port (SO_REUSEPORT); worker i serves metrics on port + i",
+    )
+    p.add_argument("--grace-period", type=float, default=d.grace_period, help="seconds to drain on stop")
+    p.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes, help="gRPC message cap")
+    p.add_argument("--max-image-pixels", type=int, default=d.max_image_pixels, help="decoded image cap")
+    p.add_argument("--log-level", default=d.log_level, help="DEBUG, INFO, WARNING, ERROR")
+    p.add_argument("--log-format", default=d.log_format, choices=["text", "json"])
+    sec = p.add_argument_group("security and limits")
+    sec.add_argument(
+        "--tls-cert", type=Path, default=None, help="PEM server certificate (chain); enables TLS"
+    )
+    sec.add_argument("--tls-key", type=Path, default=None, help="PEM private key of --tls-cert")
+    sec.add_argument(
+        "--tls-client-ca", type=Path, default=None, help="PEM CA; require client certificates it signed"
+    )
+    sec.add_argument(
+        "--auth-token",
+        default=None,
+        help="require 'authorization: Bearer TOKEN' on every RPC except health (prefer the "
+        "environment variable or --auth-token-file: flags show up in ps)",
+    )
+    sec.add_argument("--auth-token-file", type=Path, default=None, help="file holding the token")
+    sec.add_argument(
+        "--allow-model-control",
+        type=_flag,
+        nargs="?",
+        const=True,
+        default=d.allow_model_control,
+        help="enable RepositoryModelLoad/Unload (off: PERMISSION_DENIED)",
+    )
+    sec.add_argument(
+        "--max-concurrent-streams",
+        type=int,
+        default=d.max_concurrent_streams,
+        help="HTTP/2 streams per client connection",
+    )
+    sec.add_argument(
+        "--max-concurrent-rpcs",
+        type=int,
+        default=d.max_concurrent_rpcs,
+        help="RPCs in progress server-wide before RESOURCE_EXHAUSTED (0: no limit)",
+    )
+    sec.add_argument(
+        "--max-stream-inflight",
+        type=int,
+        default=d.max_stream_inflight,
+        help="outstanding requests per ModelStreamInfer stream",
+    )
+    return p
+
+
+def _env_defaults(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+    """Let CNNSERVE_* variables replace the parser's defaults (flags still win)."""
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        key = ENV_PREFIX + action.dest.upper()
+        if key in environ:
+            raw = environ[key]
+            try:
+                value = action.type(raw) if callable(action.type) else raw
+            except ValueError:
+                parser.error(f"environment variable {key}={raw!r} is not a valid {action.dest}")
+            parser.set_defaults(**{action.dest: value})
+
+
+def settings_from_args(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Build the :class:`Settings` from command-line arguments and the environment."""
+    parser = get_args_parser()
+    _env_defaults(parser, os.environ if environ is None else environ)
+    args = parser.parse_args(argv)
+    try:
+        models = tuple(ModelSelection.parse(m) for m in args.models.split(",") if m.strip())
+        token = args.auth_token
+        if args.auth_token_file is not None:
+            if token is not None:
+                raise ValueError("give the auth token either directly or as a file, not both")
+            token = read_token_file(args.auth_token_file)
+        return Settings(
+            repository=args.repository,
+            host=args.host,
+            port=args.port,
+            metrics_port=args.metrics_port,
+            device=args.device,
+            models=models,
+            default_model=args.default_model or None,
+            max_batch_size=args.max_batch_size,
+            max_queue_delay_us=args.max_queue_delay_us,
+            max_queue_size=args.max_queue_size,
+            instances=args.instances,
+            intra_op_threads=args.intra_op_threads,
+            greedy_batching=args.greedy_batching,
+            workers=args.workers,
+            grace_period=args.grace_period,
+            max_message_bytes=args.max_message_bytes,
+            max_image_pixels=args.max_image_pixels,
+            log_level=args.log_level.upper(),
+            log_format=args.log_format,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_client_ca=args.tls_client_ca,
+            auth_token=token,
+            allow_model_control=args.allow_model_control,
+            max_concurrent_streams=args.max_concurrent_streams,
+            max_concurrent_rpcs=args.max_concurrent_rpcs,
+            max_stream_inflight=args.max_stream_inflight,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))

@@ -1,0 +1,73 @@
+"""Tiny ONNX models for the client tests, built with onnx.helper (no torch, nothing downloaded)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from modelrepo import BatchingConfig, ModelConfig, Preprocessing, TensorSpec, publish
+
+SIDE = 8
+LABELS = ("bright", "dark", "neutral")
+
+
+def tiny_weights() -> tuple[np.ndarray, np.ndarray]:
+    """logits = flatten(x) @ W + b: class 0 grows with brightness, class 1 with darkness."""
+    weights = np.zeros((SIDE * SIDE, len(LABELS)), dtype=np.float32)
+    weights[:, 0] = 4.0 / (SIDE * SIDE)
+    weights[:, 1] = -4.0 / (SIDE * SIDE)
+    bias = np.array([0.0, 0.0, 0.5], dtype=np.float32)
+    return weights, bias
+
+
+def tiny_logits(batch: np.ndarray) -> np.ndarray:
+    """What the tiny model computes, in numpy, for checking the server's answers."""
+    weights, bias = tiny_weights()
+    result: np.ndarray = batch.reshape(len(batch), -1) @ weights + bias
+    return result
+
+
+def _tiny_onnx(path: Path) -> None:
+    weights, bias = tiny_weights()
+    graph = helper.make_graph(
+        [
+            helper.make_node("Flatten", ["input"], ["flat"], axis=1),
+            helper.make_node("MatMul", ["flat", "W"], ["mm"]),
+            helper.make_node("Add", ["mm", "B"], ["logits"]),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, SIDE, SIDE])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", len(LABELS)])],
+        initializer=[numpy_helper.from_array(weights, "W"), numpy_helper.from_array(bias, "B")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def publish_tiny(repository: Path, scratch: Path, name: str, batching: BatchingConfig) -> None:
+    model_file = scratch / f"{name}.onnx"
+    _tiny_onnx(model_file)
+    config = ModelConfig(
+        name=name,
+        input=TensorSpec("input", "FP32", (1, SIDE, SIDE)),
+        output=TensorSpec("logits", "FP32", (len(LABELS),)),
+        labels=LABELS,
+        preprocessing=Preprocessing(height=SIDE, width=SIDE, channels=1, mean=(0.5,), std=(0.5,)),
+        batching=batching,
+    )
+    publish(repository, config, model_file, {"source": "tests/clients"})
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    """Where the test server listens."""
+
+    address: str
+    metrics_url: str
+    repository: Path

@@ -1,0 +1,135 @@
+"""Model states: unavailable-model isolation, load/unload, version swap under traffic."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from server_testlib import Running, TinyModel, infer_request, output_array, publish_tiny, start
+
+from protocol import grpc_service_pb2 as pb
+
+
+@pytest.fixture
+async def broken(tmp_path: Path) -> Running:
+    repo = tmp_path / "repo"
+    models = {"tiny": publish_tiny(repo, "tiny", seed=1)}
+    publish_tiny(repo, "tampered", seed=2)
+    model_file = repo / "tampered" / "1" / "model.onnx"
+    model_file.write_bytes(model_file.read_bytes() + b"\0")  # no longer matches metadata's sha256
+    publish_tiny(repo, "corrupt", seed=3)
+    corrupt = repo / "corrupt" / "1"
+    (corrupt / "model.onnx").write_bytes(b"this is not onnx")
+    metadata = json.loads((corrupt / "metadata.json").read_text())
+    del metadata["model_sha256"]  # the file is what it claims to be, but ORT cannot read it
+    (corrupt / "metadata.json").write_text(json.dumps(metadata))
+    return await start(repo, models)
+
+
+async def test_unavailable_models_are_isolated(broken: Running) -> None:
+    try:
+        index = await broken.infer.RepositoryIndex(pb.RepositoryIndexRequest())
+        states = {m.name: (m.state, m.reason) for m in index.models}
+        assert states["tiny"] == ("READY", "")
+        assert states["tampered"][0] == "UNAVAILABLE"
+        assert "sha256" in states["tampered"][1] and "metadata.json records" in states["tampered"][1]
+        assert states["corrupt"][0] == "UNAVAILABLE"
+        assert "model 'corrupt' version 1 failed to load" in states["corrupt"][1]
+        ready = await broken.infer.RepositoryIndex(pb.RepositoryIndexRequest(ready=True))
+        assert [m.name for m in ready.models] == ["tiny"]
+
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await broken.infer.ModelInfer(infer_request("tampered", np.zeros((1, 1, 8, 8), np.float32)))
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "model 'tampered' is UNAVAILABLE" in (info.value.details() or "")
+
+        health = health_pb2_grpc.HealthStub(broken.channel)
+        reply = await health.Check(health_pb2.HealthCheckRequest(service="tampered"))
+        assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=""))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+        x = np.ones((2, 1, 8, 8), np.float32)
+        response = await broken.infer.ModelInfer(infer_request("tiny", x))
+        np.testing.assert_allclose(
+            output_array(response), broken.models["tiny"].expected(x), rtol=1e-4, atol=1e-4
+        )
+        assert (await broken.infer.ServerReady(pb.ServerReadyRequest())).ready
+    finally:
+        await broken.channel.close(None)
+        await broken.server.stop(0)
+
+
+async def test_unload_and_load(running: Running) -> None:
+    await running.infer.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="tinyrgb"))
+    assert not (await running.infer.ModelReady(pb.ModelReadyRequest(name="tinyrgb"))).ready
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await running.infer.ModelInfer(infer_request("tinyrgb", np.zeros((1, 3, 8, 8), np.float32)))
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "unloaded" in (info.value.details() or "")
+    index = await running.infer.RepositoryIndex(pb.RepositoryIndexRequest())
+    assert {m.name: m.state for m in index.models}["tinyrgb"] == "UNAVAILABLE"
+
+    await running.infer.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="tinyrgb"))
+    assert (await running.infer.ModelReady(pb.ModelReadyRequest(name="tinyrgb"))).ready
+    await running.infer.ModelInfer(infer_request("tinyrgb", np.zeros((1, 3, 8, 8), np.float32)))
+
+
+async def test_version_swap_under_traffic(running: Running) -> None:
+    """While clients send requests, version 2 replaces version 1: no request fails, none mixes versions."""
+    v1 = running.models["tiny"]
+    v2: TinyModel = publish_tiny(running.repository, "tiny", seed=99)
+    versions = {"1": v1, "2": v2}
+    rng = np.random.default_rng(0)
+    stop = asyncio.Event()
+    seen: list[str] = []
+
+    async def client() -> None:
+        while not stop.is_set():
+            x = rng.standard_normal((2, 1, 8, 8)).astype(np.float32)
+            response = await running.infer.ModelInfer(infer_request("tiny", x))
+            expected = versions[response.model_version].expected(x)
+            np.testing.assert_allclose(output_array(response), expected, rtol=1e-4, atol=1e-4)
+            seen.append(response.model_version)
+
+    clients = [asyncio.create_task(client()) for _ in range(6)]
+    await asyncio.sleep(0.2)
+    await running.infer.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="tiny"))
+    after_load = len(seen)
+    await asyncio.sleep(0.2)
+    stop.set()
+    await asyncio.gather(*clients)  # any failed request raises here
+    assert "1" in seen[:after_load]
+    assert set(seen[after_load + 6 :]) == {"2"}
+    meta = await running.infer.ModelMetadata(pb.ModelMetadataRequest(name="tiny"))
+    assert list(meta.versions) == ["2"]
+
+
+async def test_load_pinned_version_and_failed_new_version(running: Running) -> None:
+    publish_tiny(running.repository, "tiny", seed=5)  # version 2
+    publish_tiny(running.repository, "tiny", seed=6)  # version 3, broken below
+    (running.repository / "tiny" / "3" / "model.onnx").write_bytes(b"garbage")
+
+    request = pb.RepositoryModelLoadRequest(model_name="tiny")
+    request.parameters["version"].int64_param = 2
+    await running.infer.RepositoryModelLoad(request)
+    assert (await running.infer.ModelReady(pb.ModelReadyRequest(name="tiny", version="2"))).ready
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await running.infer.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="tiny"))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "model 'tiny' version 3" in (info.value.details() or "")
+    # The failed load left version 2 serving.
+    response = await running.infer.ModelInfer(infer_request("tiny", np.zeros((1, 1, 8, 8), np.float32)))
+    assert response.model_version == "2"
+
+    request.parameters["version"].int64_param = 7
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await running.infer.RepositoryModelLoad(request)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "model 'tiny' has no version 7; versions: [1, 2, 3]" in (info.value.details() or "")
