@@ -558,7 +558,7 @@ def check_targets(results: Results) -> list[Target]:
                 )
             if w16:
                 why += (
-                    f" Two server processes (--workers 2) answered {got_w:.0f} requests/s: "
+                    f" Two server processes (--workers 2) answered {got_w:.0f} requests/s. "
                     f"{_cpu_note(w16, cores)} With the load generator on the same two cores, a second "
                     "process can only use what the generator and the first leave idle."
                 )

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -71,3 +76,42 @@ class RunningServer:
     address: str
     metrics_url: str
     repository: Path
+
+
+@contextmanager
+def server_in_thread(settings: Any) -> Iterator[tuple[str, Any]]:
+    """Run ``create_server(settings)`` on its own event loop in a thread; yield (address, server).
+
+    Synchronous tests, asyncio tests on pytest's loop and subprocesses (the CLIs) can all
+    reach it over real gRPC. The server is stopped, and the thread joined, on exit.
+    """
+    from server import create_server
+
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    holder: dict[str, Any] = {}
+
+    async def main() -> None:
+        try:
+            instance, port = await create_server(settings)
+        except BaseException as exc:
+            holder["error"] = exc
+            started.set()
+            return
+        stop = asyncio.Event()
+        holder.update(server=instance, port=port, stop=stop)
+        started.set()
+        await stop.wait()
+        await instance.stop(0.5)
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
+    thread.start()
+    assert started.wait(60), "server did not start within 60 s"
+    if "error" in holder:
+        raise RuntimeError(f"server failed to start: {holder['error']!r}")
+    try:
+        yield f"127.0.0.1:{holder['port']}", holder["server"]
+    finally:
+        loop.call_soon_threadsafe(holder["stop"].set)
+        thread.join(30)
+        loop.close()

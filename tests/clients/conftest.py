@@ -7,13 +7,11 @@ session, so synchronous tests, asyncio tests (on pytest's loop) and subprocesses
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from clienttest_support import RunningServer, publish_tiny
+from clienttest_support import RunningServer, publish_tiny, server_in_thread
 
 from modelrepo import BatchingConfig
 
@@ -21,7 +19,7 @@ from modelrepo import BatchingConfig
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """A real server with two tiny models: ``tiny`` (batching) and ``slow`` (2 s queue delay)."""
-    from server import Settings, create_server
+    from server import Settings
 
     root = tmp_path_factory.mktemp("clients-repo")
     repository = root / "repository"
@@ -42,43 +40,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         grace_period=1.0,
         log_level="WARNING",
     )
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-    holder: dict[str, object] = {}
-
-    async def main() -> None:
-        try:
-            instance, port = await create_server(settings)
-        except BaseException as exc:
-            holder["error"] = exc
-            started.set()
-            return
-        holder["server"], holder["port"] = instance, port
-        stop = asyncio.Event()
-        holder["stop"] = stop
-        started.set()
-        await stop.wait()
-        await instance.stop(0.5)
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
-    thread.start()
-    assert started.wait(60), "server did not start within 60 s"
-    if "error" in holder:
-        raise RuntimeError(f"server failed to start: {holder['error']!r}")
-    instance = holder["server"]
-    metrics_port = getattr(instance, "metrics_port", None)
-    try:
+    with server_in_thread(settings) as (address, instance):
         yield RunningServer(
-            address=f"127.0.0.1:{holder['port']}",
-            metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
+            address=address,
+            metrics_url=f"http://127.0.0.1:{instance.metrics_port}/metrics",
             repository=repository,
         )
-    finally:
-        stop_event = holder["stop"]
-        assert isinstance(stop_event, asyncio.Event)
-        loop.call_soon_threadsafe(stop_event.set)
-        thread.join(30)
-        loop.close()
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from clienttest_support import publish_tiny, tiny_logits
+from clienttest_support import publish_tiny, server_in_thread, tiny_logits
 
 from clients import AsyncInferenceClient, InferenceClient, InferenceServerError
 from modelrepo import BatchingConfig
@@ -23,10 +22,8 @@ SIDE = 8
 
 @pytest.fixture(scope="module")
 def token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """A server (own thread and loop) that requires ``TOKEN`` on every RPC but health."""
-    import threading
-
-    from server import Settings, create_server
+    """A server that requires ``TOKEN`` on every RPC but health."""
+    from server import Settings
 
     root = tmp_path_factory.mktemp("auth-repo")
     repository = root / "repository"
@@ -42,29 +39,8 @@ def token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
         log_level="WARNING",
         auth_token=TOKEN,
     )
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    holder: dict[str, object] = {}
-
-    async def main() -> None:
-        instance, port = await create_server(settings)
-        stop = asyncio.Event()
-        holder.update(port=port, stop=stop)
-        ready.set()
-        await stop.wait()
-        await instance.stop(0.2)
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
-    thread.start()
-    assert ready.wait(60), "server did not start"
-    try:
-        yield f"127.0.0.1:{holder['port']}", root
-    finally:
-        stop = holder["stop"]
-        assert isinstance(stop, asyncio.Event)
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(30)
-        loop.close()
+    with server_in_thread(settings) as (address, _):
+        yield address, root
 
 
 def _batch() -> np.ndarray:

@@ -303,10 +303,12 @@ async def test_sigterm_under_load(fleet: tuple[Path, dict[str, TinyModel]]) -> N
     # server code saw them (never computed; safe to retry). At most one per client is in flight.
     # A stream cut that way is sometimes reported by the client's gRPC as INTERNAL "Internal error
     # from Core" instead of CANCELLED (known limit, docs/reliability.md).
+    # gRPC words the cancellation differently by call kind ("CANCELLED: CANCELLED", "CANCELLED:
+    # stream call"), so the code is what is checked, plus the one INTERNAL text of a cut stream.
     cut = [
         e
         for e in tally.examples
-        if e not in ("CANCELLED: CANCELLED", "INTERNAL: stream call: Internal error from Core")
+        if not (e.startswith("CANCELLED:") or e == "INTERNAL: stream call: Internal error from Core")
     ]
     assert set(tally.unexplained) <= {"CANCELLED", "INTERNAL"} and not cut, tally.examples
     assert sum(tally.unexplained.values()) <= 8, tally.examples
