@@ -24,7 +24,7 @@ from export.models import ModelSpec, WeightsNotFoundError, find_weights, get_spe
 from export.onnx_export import INPUT_NAME, OPSET, OUTPUT_NAME, TRACE_BATCH, export_onnx
 from export.parity import check_parity, ort_predict, ort_session, require_parity
 from export.plots import confusion_matrix, plot_confusion_matrix, plot_training_curves
-from export.train import TrainConfig, accuracy, predict, train
+from export.train import TrainConfig, accuracy, predict, seed_everything, train
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +110,9 @@ def export_model(name: str, options: ExportOptions) -> modelrepo.ModelVersion | 
     max_train = options.max_train_samples or defaults.max_train_samples
     data = load_dataset(options.dataset, pre, data_dir=options.data_dir, max_train_samples=max_train)
 
+    # Seeded here, not only in train(): the initial weights come from the same random stream,
+    # and must not depend on what ran before in this process (``--all``) or on torch's default seed.
+    seed_everything(options.seed)
     model = spec.build(num_classes=len(data.labels), image_size=size)
     init = _initialise(model, spec, options)
     config = TrainConfig(

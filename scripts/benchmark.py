@@ -499,11 +499,15 @@ def check_targets(results: Results) -> list[Target]:
                     if near is not None
                     else ""
                 )
-                + ": with 8 clients and one instance, the requests answered by one batch come back "
-                "while the next batch (the other clients' requests) already computes, so batches "
-                "hold about half of the 8 requests instead of all of them; a longer --max-queue-delay-us "
-                "(a few ms, against a compute time of hundreds) would likely let the returning requests "
-                "join, since the delay also counts from the moment the instance becomes free."
+                + (
+                    ": with 8 clients and one instance, batches hold about half of the 8 requests: "
+                    "the answered clients' next requests did not arrive within the window the "
+                    "instance waits after a batch (5% of its compute time, up to 20 ms), and the "
+                    "clients took turns in two groups."
+                    if batch < 6
+                    else ": batches already hold (nearly) all 8 requests, so the gap is the CPU "
+                    "that the RPCs, the batcher and the load generator take from ONNX Runtime."
+                )
             )
         targets.append(
             Target(
@@ -750,9 +754,10 @@ def gap_notes(results: Results) -> list[str]:
         "latency at moderate concurrency; greedy batching keeps concurrency 1 unaffected.",
         "- **ResNet-18.** Compute dominates: served throughput follows the in-process curve at the "
         "executed batch size, minus the CPU that gRPC and the load generator take from ONNX "
-        "Runtime's threads on the same two cores. Larger batches at concurrency 8 need the batch to "
-        "wait for the clients whose answers were just sent (a few ms); more cores would remove "
-        "the sharing.",
+        "Runtime's threads on the same two cores. After a batch, the instance waits 5% of that "
+        "batch's compute time (up to 20 ms) for the clients it just answered, so that at "
+        "concurrency 8 all eight share one batch instead of two groups of four taking turns; more "
+        "cores would remove the sharing.",
         "- **This machine.** Two cores shared by the load generator, the server and other "
         "engineers' jobs (see *machine CPU* in the tables): every figure is lower than on a "
         "quiet machine, the multi-process figures most of all.",

@@ -18,6 +18,12 @@ When a worker takes a batch (the policy, measured in ``docs/benchmarks.md``):
   the worker's instance became free, whichever is later: requests that queued while
   every instance computed have waited already, and the window after an instance
   frees up lets the callers just answered send their next requests into the batch.
+  For a model whose batches compute for long, that window is longer: a fraction
+  (:data:`RETURN_WINDOW_FRACTION`) of the batch just computed, up to
+  :data:`MAX_RETURN_WINDOW_S`. An answered caller needs a round trip (the answer
+  out, its next request in: a few milliseconds for 224x224 images) to come back;
+  with only ``max_queue_delay`` to do it, the callers split into two groups that
+  alternate on the instance, each batch half as large as it could be.
   (The wait is a timer, never a busy loop: spinning on the event loop would hold the
   GIL that grpc's completion-queue thread needs to hand over the very requests the
   batch waits for.)
@@ -62,6 +68,10 @@ DEFAULT_INLINE_COMPUTE_S = 200e-6
 _EWMA_WEIGHT = 0.2
 #: How long after two requests were last in flight together a model counts as under concurrent load.
 CROWD_WINDOW_S = 1.0
+#: After an instance computed a batch for t seconds, it waits up to this fraction of t for company.
+RETURN_WINDOW_FRACTION = 0.05
+#: ... but never longer than this (and never shorter than max_queue_delay).
+MAX_RETURN_WINDOW_S = 0.02
 
 
 class BatchObserver(Protocol):
@@ -322,6 +332,8 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         queue_ = self._queue
         free_since = loop.time()
+        # How long the instance waits for company after it frees up (see the module docstring).
+        return_window = self.max_queue_delay_s
         while True:
             if not queue_:
                 waiter: asyncio.Future[None] = loop.create_future()
@@ -330,7 +342,8 @@ class DynamicBatcher:
                 continue
             now = loop.time()
             if self._queued_samples < self.max_batch_size and self._waits_for_company(now):
-                remaining = max(queue_[0].enqueued, free_since) + self.max_queue_delay_s - now
+                deadline = max(queue_[0].enqueued + self.max_queue_delay_s, free_since + return_window)
+                remaining = deadline - now
                 if remaining > 0:
                     fill: asyncio.Future[None] = loop.create_future()
                     self._fill_waiters.append(fill)
@@ -340,10 +353,15 @@ class DynamicBatcher:
                     finally:
                         timer.cancel()
                     continue
-            batch = self._take(loop.time())
+            started = loop.time()
+            batch = self._take(started)
             if batch:
                 await self._execute(loop, index, batch)
                 free_since = loop.time()
+                return_window = max(
+                    self.max_queue_delay_s,
+                    min(RETURN_WINDOW_FRACTION * (free_since - started), MAX_RETURN_WINDOW_S),
+                )
 
     def _take(self, now: float) -> list[_Request]:
         """Pop the requests for one batch, in arrival order; drop cancelled and expired ones."""

@@ -151,16 +151,21 @@ def nin_block(
 ) -> nn.Sequential:
     """One spatial convolution followed by two 1x1 convolutions (a per-pixel MLP).
 
-    Batch norm follows the spatial convolution: the original NiN has none and needs tens of
-    epochs to leave chance level; with it, a few CPU epochs suffice.
+    Batch norm follows every convolution. The original NiN has none and needs tens of epochs
+    to leave chance level. Normalising only the spatial convolution is not enough either: the
+    last block's outputs are the class scores, and a class channel that the final ReLU silences
+    for every image gets no gradient again (measured on the digits: 50% test accuracy after 15
+    epochs, five classes never predicted). Normalised before each ReLU, every channel stays alive.
     """
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding),
         nn.BatchNorm2d(out_channels),
         nn.ReLU(),
         nn.Conv2d(out_channels, out_channels, kernel_size=1),
+        nn.BatchNorm2d(out_channels),
         nn.ReLU(),
         nn.Conv2d(out_channels, out_channels, kernel_size=1),
+        nn.BatchNorm2d(out_channels),
         nn.ReLU(),
     )
 

@@ -46,6 +46,31 @@ def test_unknown_name_exits_nonzero_listing_the_valid_ones(
     assert not list(tmp_path.iterdir())
 
 
+def _smallcnn_outputs(repository: Path, *args: str) -> np.ndarray:
+    """Export smallcnn briefly into ``repository`` and return its ONNX logits on fixed inputs."""
+    assert (
+        run_main(
+            "smallcnn", "--epochs", "1", "--max-train-samples", "50", "--repository", str(repository), *args
+        )
+        == 0
+    )
+    latest = modelrepo.latest_version(repository, "smallcnn")
+    assert latest is not None
+    version = modelrepo.read_version(repository, "smallcnn", latest)
+    x = np.random.default_rng(0).standard_normal((4, 1, 28, 28)).astype(np.float32)
+    return ort_predict(ort_session(version.model_path), x)
+
+
+def test_same_seed_same_model_whatever_ran_before(tmp_path: Path) -> None:
+    """Deterministic given --seed: initial weights too, even after other work drew random numbers."""
+    first = _smallcnn_outputs(tmp_path / "a")
+    torch.rand(1000)  # what an earlier model of an --all run would have drawn
+    again = _smallcnn_outputs(tmp_path / "b")
+    other_seed = _smallcnn_outputs(tmp_path / "c", "--seed", "1")
+    np.testing.assert_array_equal(again, first)
+    assert not np.allclose(other_seed, first)
+
+
 def test_pretrained_init_without_weights_says_where_to_put_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -219,6 +219,37 @@ async def test_greedy_batcher_still_batches_concurrent_requests() -> None:
     assert len(run.batches) <= 20, f"no batching under load: {run.batches}"
 
 
+async def test_callers_answered_by_a_long_batch_can_join_the_next() -> None:
+    """After a long batch the instance waits for the callers it answered, not only max_queue_delay.
+
+    Eight closed-loop callers need 2 ms after each answer to send again (the round trip);
+    the queue delay is 1 ms. The first caller starts alone, the other seven while it computes.
+    Waiting only the queue delay, the two groups then take turns on the instance (batches
+    1, 7, 1, 7, ...); a batch that computed for 0.2 s is followed by a window of 5% of that,
+    so everyone is back in time (1, 8, 8, 7).
+    """
+    run = SlowDouble(0.2)
+    batcher = _greedy_batcher(run, greedy=True, delay=0.001)
+    batcher.start()
+
+    async def caller(i: int) -> list[np.ndarray]:
+        await asyncio.sleep(0.0 if i == 0 else 0.05)  # seven join while the first computes alone
+        outputs = []
+        for _ in range(3):
+            outputs.append(await batcher.infer(np.full((1, 1), float(i), np.float32)))
+            await asyncio.sleep(0.002)  # nothing slower here: the callers' timing is the test
+        return outputs
+
+    try:
+        results = await asyncio.gather(*(caller(i) for i in range(8)))
+    finally:
+        await batcher.close()
+    for i, outputs in enumerate(results):
+        np.testing.assert_array_equal(np.concatenate(outputs), np.full((3, 1), 2.0 * i))
+    assert sum(run.batches) == 24
+    assert run.batches[1:3] == [8, 8], f"callers did not rejoin the batches: {run.batches}"
+
+
 class OnThread:
     """A batch runner that records the thread each batch ran on."""
 
