@@ -245,36 +245,23 @@ class AsyncInferenceClient:
         arrays that are already preprocessed (sent as raw tensors). ``model`` None
         is the server's default model (encoded images only).
         """
-        if top_k < 1:
-            raise ValueError(f"top_k is {top_k}; expected >= 1")
-        items = convert.split_images(images)
-        results: list[Classification | None] = [None] * len(items)
-        encoded = [
-            (i, convert.encode_image(item)) for i, item in enumerate(items) if not convert.is_tensor(item)
-        ]
-        tensors = [(i, item) for i, item in enumerate(items) if convert.is_tensor(item)]
-        if encoded:
-            request = convert.classify_request([data for _, data in encoded], model, top_k, version)
+        plan = convert.ClassifyPlan.make(images, model, top_k, version)
+        from_images: list[Classification] = []
+        if plan.encoded:
+            images_request = plan.classify_request()
             try:
-                response = await self._images.Classify(request, timeout=self._timeout(timeout))
+                response = await self._images.Classify(images_request, timeout=self._timeout(timeout))
             except grpc.RpcError as error:
                 raise_error(error)
-            for (i, _), result in zip(encoded, convert.classifications_from_proto(response), strict=True):
-                results[i] = result
-        if tensors:
-            if not model:
-                raise ValueError("classify of preprocessed tensors needs model=NAME")
-            metadata = await self.model_metadata(model, version, timeout=timeout)
-            batch = np.stack([np.asarray(t) for _, t in tensors])
-            checked = convert.check_inputs(metadata, batch)
-            output = metadata.outputs[0].name
-            infer_request = convert.classify_tensor_request(model, checked, output, top_k, version)
+            from_images = convert.classifications_from_proto(response)
+        from_tensors: list[Classification] = []
+        if plan.tensors:
+            metadata = await self.model_metadata(plan.tensor_model(), version, timeout=timeout)
+            infer_request = plan.tensor_request(metadata)
             try:
                 call = self._inference.ModelInfer(infer_request, timeout=self._timeout(timeout))
                 infer_response = await call
             except grpc.RpcError as error:
                 raise_error(error)
-            classified = convert.classifications_from_tensors(infer_response, top_k)
-            for (i, _), result in zip(tensors, classified, strict=True):
-                results[i] = result
-        return [r for r in results if r is not None]
+            from_tensors = convert.classifications_from_tensors(infer_response, top_k)
+        return plan.results(from_images, from_tensors)

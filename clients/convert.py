@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias, Union
 
@@ -261,6 +262,60 @@ def classifications_from_proto(response: image_classification_pb2.ClassifyRespon
         )
         for result in response.results
     ]
+
+
+@dataclass(frozen=True)
+class ClassifyPlan:
+    """One classify call's images split by route, and the answers put back in their order.
+
+    Encoded images go to the image service in one Classify request; preprocessed
+    tensors go to ModelInfer in one request (see :func:`classify_tensor_request`).
+    """
+
+    encoded: list[tuple[int, bytes]]
+    tensors: list[tuple[int, ImageLike]]
+    model: str | None
+    top_k: int
+    version: str
+
+    @classmethod
+    def make(
+        cls, images: ImageLike | Sequence[ImageLike], model: str | None, top_k: int, version: str
+    ) -> ClassifyPlan:
+        if top_k < 1:
+            raise ValueError(f"top_k is {top_k}; expected >= 1")
+        items = split_images(images)
+        encoded = [(i, encode_image(item)) for i, item in enumerate(items) if not is_tensor(item)]
+        tensors = [(i, item) for i, item in enumerate(items) if is_tensor(item)]
+        return cls(encoded, tensors, model, top_k, version)
+
+    def classify_request(self) -> image_classification_pb2.ClassifyRequest:
+        """The Classify request for the encoded images."""
+        return classify_request([data for _, data in self.encoded], self.model, self.top_k, self.version)
+
+    def tensor_model(self) -> str:
+        """The model the tensors go to; raises ValueError when the call named none."""
+        if not self.model:
+            raise ValueError("classify of preprocessed tensors needs model=NAME")
+        return self.model
+
+    def tensor_request(self, metadata: ModelMetadata) -> grpc_service_pb2.ModelInferRequest:
+        """The ModelInfer request for the tensors, checked against the model's metadata."""
+        batch = np.stack([np.asarray(t) for _, t in self.tensors])
+        checked = check_inputs(metadata, batch)
+        output = metadata.outputs[0].name
+        return classify_tensor_request(self.tensor_model(), checked, output, self.top_k, self.version)
+
+    def results(
+        self, from_images: Sequence[Classification], from_tensors: Sequence[Classification]
+    ) -> list[Classification]:
+        """Both routes' answers, in the order the images were given."""
+        results: dict[int, Classification] = {}
+        for (i, _), result in zip(self.encoded, from_images, strict=True):
+            results[i] = result
+        for (i, _), result in zip(self.tensors, from_tensors, strict=True):
+            results[i] = result
+        return [results[i] for i in sorted(results)]
 
 
 def classify_tensor_request(

@@ -7,6 +7,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 import onnx
 import torch
@@ -45,8 +46,8 @@ def export_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="onnx-export-") as tmp:
         raw = Path(tmp) / "model.onnx"
-        exporter = "dynamo"
-        try:
+
+        def export(**how: Any) -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 torch.onnx.export(
@@ -56,28 +57,23 @@ def export_onnx(
                     input_names=[INPUT_NAME],
                     output_names=[OUTPUT_NAME],
                     opset_version=opset,
-                    dynamo=True,
-                    external_data=False,
-                    dynamic_shapes=({0: torch.export.Dim("batch")},),
-                    verbose=False,
+                    **how,
                 )
+
+        exporter = "dynamo"
+        try:
+            export(
+                dynamo=True,
+                external_data=False,
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                verbose=False,
+            )
         except Exception as exc:  # the torch.export path rejects some graphs; TorchScript takes them
             logger.warning("dynamo ONNX export failed (%s); falling back to the TorchScript exporter", exc)
             exporter = "torchscript"
             for leftover in Path(tmp).iterdir():
                 leftover.unlink()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(
-                    model,
-                    (dummy,),
-                    str(raw),
-                    input_names=[INPUT_NAME],
-                    output_names=[OUTPUT_NAME],
-                    opset_version=opset,
-                    dynamo=False,
-                    dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                )
+            export(dynamo=False, dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
         # Recent exporters may write weights to "model.onnx.data" beside the graph; loading
         # and re-saving without external data folds them into the one file we publish.
         proto = onnx.load(str(raw), load_external_data=True)
