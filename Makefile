@@ -1,6 +1,7 @@
 # Set-up and main jobs. Everything installs into .venv in this checkout.
 #   make serve   install, export the default models if missing, serve them
 #   make test    install, lint, type-check, run the test suite
+#   make lock    re-resolve the lock files in requirements/ (UPGRADE=1 to move every pin)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,16 +10,25 @@ PORT ?= 8001
 METRICS_PORT ?= 8002
 PYTEST_ARGS ?=
 
-.PHONY: install serve export test lint typecheck protos clean
+.PHONY: install lock serve export test lint typecheck protos clean
+
+LOCK := requirements/dev.txt
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# Re-install only when the declared dependencies change.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --progress-bar off -e '.[export,dev]'
+# Exactly the locked versions (hash-checked, nothing resolved here), then the project itself,
+# editable, with no dependencies of its own to fetch. Re-runs when the lock changes.
+$(VENV)/.installed: $(LOCK) pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --progress-bar off --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/python -m pip install --progress-bar off --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
 	touch $@
+
+# The one deliberate way to move versions: re-resolve pyproject.toml into requirements/*.txt.
+# UPGRADE=1 moves every pin to the newest release that fits.
+lock: install
+	UV=$(BIN)/uv scripts/lock.sh
 
 install: $(VENV)/.installed
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -16,34 +14,6 @@ from deploytools import (
     check_python_command,
     parse_dockerfile,
 )
-from packaging.markers import Marker
-from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
-
-SERVE_LOCK = ROOT / "deploy" / "requirements-serve.txt"
-GPU_LOCK = ROOT / "deploy" / "requirements-gpu.txt"
-#: What only the export side needs; none of it may reach the serving image.
-EXPORT_ONLY = {"torch", "torchvision", "onnx", "onnxscript", "scikit-learn", "matplotlib", "tqdm"}
-
-
-def read_lock(path: Path) -> dict[str, str]:
-    """``{canonical name: version}`` from a file of ``name==version`` lines."""
-    pins: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        requirement = Requirement(line)
-        (spec,) = requirement.specifier
-        assert spec.operator == "==", f"{path.name}: {line!r} is not pinned; expected name==version"
-        pins[canonicalize_name(requirement.name)] = spec.version
-    return pins
-
-
-def project() -> dict[str, object]:
-    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert isinstance(data, dict)
-    return data
 
 
 def resolve_image(dockerfile: Dockerfile, base: str) -> str:
@@ -134,44 +104,6 @@ def test_serving_image_installs_no_torch_and_no_downloads(server_dockerfile: Doc
             text = run.args.lower()
             for word in ("torch", "[export", "export]", "curl ", "wget ", "apt-get install", "gcc"):
                 assert word not in text, f"Dockerfile.server:{run.line}: RUN mentions {word.strip()!r}"
-    pins = read_lock(SERVE_LOCK) | read_lock(GPU_LOCK)
-    assert not EXPORT_ONLY & set(pins), f"serving locks pin export-only packages {EXPORT_ONLY & set(pins)}"
-
-
-def test_serving_lock_satisfies_project_dependencies() -> None:
-    pins = read_lock(SERVE_LOCK)
-    for line in project()["dependencies"]:  # type: ignore[attr-defined]
-        requirement = Requirement(line)
-        name = canonicalize_name(requirement.name)
-        assert name in pins, f"pyproject dependency {line!r} is missing from {SERVE_LOCK.name}"
-        assert requirement.specifier.contains(pins[name], prereleases=True), (
-            f"{SERVE_LOCK.name} pins {name}=={pins[name]}; pyproject.toml asks for {line!r}"
-        )
-
-
-def test_serving_lock_matches_the_development_environment() -> None:
-    # The image must run what the test suite ran: same onnxruntime, grpcio and protobuf.
-    pins = read_lock(SERVE_LOCK)
-    for name in ("onnxruntime-gpu", "grpcio", "protobuf", "numpy"):
-        installed = importlib.metadata.version(name)
-        assert pins[name] == installed, f"{SERVE_LOCK.name} pins {name}=={pins[name]}; tests run {installed}"
-
-
-def test_gpu_lock_provides_what_onnxruntime_gpu_asks_for() -> None:
-    pins = read_lock(GPU_LOCK)
-    ort = importlib.metadata.metadata("onnxruntime-gpu")
-    needed = [
-        Requirement(line)
-        for line in ort.get_all("Requires-Dist") or []
-        if Requirement(line).marker is not None
-        and any(Marker(str(Requirement(line).marker)).evaluate({"extra": e}) for e in ("cuda", "cudnn"))
-    ]
-    assert needed, "onnxruntime-gpu declares no [cuda]/[cudnn] extras to check against"
-    for requirement in needed:
-        name = canonicalize_name(requirement.name)
-        assert name in pins, f"{GPU_LOCK.name} lacks {requirement} (onnxruntime-gpu's CUDA extras)"
-        assert requirement.specifier.contains(pins[name]), f"{GPU_LOCK.name} pins {name}=={pins[name]}"
-    assert pins["nvidia-cudnn-cu13"].startswith("9."), "onnxruntime-gpu's CUDA EP needs cuDNN 9"
 
 
 def test_gpu_flavour_points_the_loader_at_the_wheel_libraries(server_dockerfile: Dockerfile) -> None:

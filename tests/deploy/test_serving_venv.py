@@ -1,8 +1,8 @@
 """The serving image's dependency set, installed alone, runs the server: no torch needed.
 
-A fresh virtual environment gets exactly what docker/Dockerfile.server installs (the pinned
-deploy/requirements-serve.txt with --no-deps, then the project without extras), then serves a
-tiny published model configured the way docker-compose.yml configures it (CNNSERVE_* variables),
+A fresh virtual environment gets exactly what docker/Dockerfile.server installs for its CPU flavour
+(requirements/serve-cpu.txt, hash-checked, with --no-deps, then the project without extras), then
+serves a tiny published model configured the way docker-compose.yml configures it (CNNSERVE_* variables),
 and the container health check command, run from the same environment, judges it.
 """
 
@@ -48,7 +48,7 @@ def serving_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
     python = venv / "bin" / "python"
     pip = [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-compile", "--quiet"]
-    run([*pip, "--no-deps", "-r", str(ROOT / "deploy" / "requirements-serve.txt")])
+    run([*pip, "--require-hashes", "--no-deps", "-r", str(ROOT / "requirements" / "serve-cpu.txt")])
     # A regular (not editable) install from what the image's build context holds, built in a
     # copy so the shared checkout gets no build/ or egg-info; --no-deps because the set is
     # complete, which `pip check` then proves against the project's declared dependencies.
