@@ -173,6 +173,16 @@ def test_serving_set_has_no_torch(serving_python: Path) -> None:
     }
 
 
+def test_installed_project_has_every_package_of_the_tree(serving_python: Path) -> None:
+    # A regular install, unlike the editable one of the development venv, holds only what
+    # pyproject.toml's package list names: a subpackage left out fails only in the images.
+    purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    site = Path(run([str(serving_python), "-c", purelib]).stdout.strip())
+    tree = {p.parent.relative_to(ROOT) for name in CONTEXT for p in (ROOT / name).glob("**/__init__.py")}
+    missing = sorted(str(package) for package in tree if not (site / package / "__init__.py").exists())
+    assert tree and not missing, f"the installed project lacks the packages {missing}"
+
+
 def test_server_from_serving_set_loads_the_model_and_exports_metrics(
     serving_python: Path, server: tuple[subprocess.Popen[str], int, int]
 ) -> None:
