@@ -1,6 +1,7 @@
 # Set-up and main jobs. Everything installs into .venv in this checkout.
 #   make serve   install, export the default models if missing, serve them
 #   make test    install, lint, type-check, run the test suite
+#   make compose-test  build the images, run docker compose up and check it
 #   make lock    re-resolve the lock files in requirements/ (UPGRADE=1 to move every pin)
 PYTHON ?= python3
 VENV := .venv
@@ -10,7 +11,7 @@ PORT ?= 8001
 METRICS_PORT ?= 8002
 PYTEST_ARGS ?=
 
-.PHONY: install lock serve export test lint typecheck protos clean
+.PHONY: install lock serve export test lint typecheck protos compose-test clean
 
 LOCK := requirements/dev.txt
 
@@ -47,6 +48,11 @@ typecheck: install
 
 test: lint typecheck
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Builds the images and runs `docker compose up` for real on a container engine (started here
+# when none runs, and stopped again); see scripts/compose_test.py.
+compose-test: install
+	$(BIN)/python scripts/compose_test.py
 
 protos: install
 	PATH=$(BIN):$$PATH scripts/generate_protos.sh
