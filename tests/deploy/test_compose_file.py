@@ -143,7 +143,7 @@ def test_server_lifecycle_settings(compose: dict[str, Any], name: str) -> None:
     limits = service["deploy"]["resources"]["limits"]
     assert limits["memory"], f"{name}: memory limit missing"
     # 0 is "no limit"; any fixed number above the host's CPU count makes Docker refuse to start it.
-    assert float(limits["cpus"]) == 0, f"{name}: cpus limit {limits['cpus']}; a 2-CPU host refuses more than 2"
+    assert float(limits["cpus"]) == 0, f"{name}: cpus limit {limits['cpus']}; a 2-CPU host refuses > 2"
 
 
 def test_gpu_profile_reserves_an_nvidia_gpu(compose: dict[str, Any]) -> None:
