@@ -233,6 +233,16 @@ class DynamicBatcher:
         """Requests queued or being computed."""
         return len(self._queue) + self._executing
 
+    @property
+    def queued(self) -> int:
+        """Requests waiting in the queue (not yet taken into a batch)."""
+        return len(self._queue)
+
+    @property
+    def executing(self) -> int:
+        """Batches being computed right now."""
+        return self._executing
+
     def start(self) -> None:
         """Start one worker task and one thread per instance on the running loop."""
         self._loop = asyncio.get_running_loop()

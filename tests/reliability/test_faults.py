@@ -37,25 +37,48 @@ import modelrepo
 from modelrepo import BatchingConfig
 from protocol import grpc_service_pb2 as pb
 from protocol import grpc_service_pb2_grpc as pb_grpc
-from server import create_server
+from server import InferenceServer, create_server
 
 HELD = BatchingConfig(max_batch_size=64, max_queue_delay_us=0, max_queue_size=256)
 HELD_X = np.ones((1, 3, 96, 96), np.float32)
 
 
 @pytest.fixture
-async def served(
+async def in_process(
     fleet: tuple[Path, dict[str, TinyModel]],
-) -> AsyncIterator[tuple[Path, dict[str, TinyModel], int]]:
+) -> AsyncIterator[tuple[InferenceServer, Path, dict[str, TinyModel], int]]:
     repo, models = fleet
     # 'held' computes for a good fraction of a second per sample on one instance: requests sent
     # behind a first one are reliably still queued when the fault hits.
     publish_slow(repo, "held", layers=16, size=96, batching=HELD)
     server, port = await create_server(settings_for(repo, allow_model_control=True, grace_period=2.0))
     try:
-        yield repo, models, port
+        yield server, repo, models, port
     finally:
         await server.stop(0)
+
+
+@pytest.fixture
+def served(
+    in_process: tuple[InferenceServer, Path, dict[str, TinyModel], int],
+) -> tuple[Path, dict[str, TinyModel], int]:
+    _server, repo, models, port = in_process
+    return repo, models, port
+
+
+async def _computing_alone(server: InferenceServer, name: str, timeout: float = 10.0) -> None:
+    """Wait until model ``name`` computes one batch and nothing else is queued for it.
+
+    The server runs on this test's event loop, so a sleep cannot promise that a request sent
+    earlier has reached the batcher: under CPU load gRPC may hand it over later, together with
+    or after the next request, which is then computed before it (or in one batch with it).
+    """
+    batcher = server.manager.get(name).batcher
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + timeout
+    while not (batcher.executing == 1 and batcher.queued == 0):
+        assert loop.time() < give_up, f"model {name!r} did not start computing within {timeout}s"
+        await asyncio.sleep(0.001)
 
 
 async def _serves(stub: pb_grpc.GRPCInferenceServiceStub, model: TinyModel) -> None:
@@ -109,13 +132,16 @@ async def test_client_vanishes_mid_request(served: tuple[Path, dict[str, TinyMod
     await _others_serve(port, models, "tiny", "wide")
 
 
-async def test_expired_deadline(served: tuple[Path, dict[str, TinyModel], int]) -> None:
+async def test_expired_deadline(
+    in_process: tuple[InferenceServer, Path, dict[str, TinyModel], int],
+) -> None:
     """DEADLINE_EXCEEDED at the client's deadline; the expired request is never computed."""
-    _repo, models, port = served
+    server, _repo, models, port = in_process
     async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         blocker = asyncio.ensure_future(stub.ModelInfer(infer_request("held", HELD_X), timeout=30))
-        await asyncio.sleep(0.02)
+        # The short-deadline request must queue behind the blocker's batch, not join it.
+        await _computing_alone(server, "held")
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stub.ModelInfer(infer_request("held", HELD_X), timeout=0.05)
         assert info.value.code() == DEADLINE
