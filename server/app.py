@@ -91,6 +91,17 @@ class InferenceServer:
         logger.info("stopped after %.2fs", time.monotonic() - started)
 
 
+#: The health services that follow the server's readiness (ServerReady); each model's own
+#: service (its name) follows that model's state.
+SERVER_HEALTH_SERVICES = ("", INFERENCE_SERVICE, IMAGE_SERVICE)
+
+
+async def _set_server_health(health_servicer: HealthServicer, ready: bool) -> None:
+    """Health says what ServerReady says: SERVING while at least one model is ready."""
+    for service in SERVER_HEALTH_SERVICES:
+        await health_servicer.set(service, SERVING if ready else NOT_SERVING)
+
+
 def _address(host: str, port: int) -> str:
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
@@ -133,8 +144,12 @@ async def create_server(settings: Settings) -> tuple[InferenceServer, int]:
     metrics = Metrics()
     health_servicer = HealthServicer()
 
+    started = False
+
     async def on_model_state(name: str, serving: bool) -> None:
         await health_servicer.set(name, SERVING if serving else NOT_SERVING)
+        if started:
+            await _set_server_health(health_servicer, plane.ready)
 
     manager = ModelManager(settings, device, metrics, on_model_state)
     plane = DataPlane(settings, manager)
@@ -173,6 +188,16 @@ async def create_server(settings: Settings) -> tuple[InferenceServer, int]:
         raise StartupError(f"cannot bind {_address(settings.host, settings.port)}")
 
     await manager.load_initial()
+    if settings.default_model and settings.default_model not in {m.name for m in manager.loaded()}:
+        entry = {e.name: e for e in manager.entries()}.get(settings.default_model)
+        why = (
+            f"it is {entry.state}: {entry.reason}" if entry is not None else "no such model in the repository"
+        )
+        loaded = [m.name for m in manager.loaded()]
+        await manager.close()
+        raise StartupError(
+            f"--default-model {settings.default_model!r} is not loaded ({why}); loaded models: {loaded}"
+        )
     metrics_port = None
     if settings.metrics_port >= 0:
         try:
@@ -181,8 +206,10 @@ async def create_server(settings: Settings) -> tuple[InferenceServer, int]:
             await manager.close()
             raise StartupError(f"cannot bind the metrics port {settings.metrics_port}: {exc}") from None
     await grpc_server.start()
-    for service in ("", INFERENCE_SERVICE, IMAGE_SERVICE):
-        await health_servicer.set(service, SERVING)
+    started = True
+    await _set_server_health(health_servicer, plane.ready)
+    if not plane.ready:
+        logger.error("no model is ready: health answers NOT_SERVING until one is loaded")
     logger.info(
         "serving %s on %s (metrics on %s; %s; %s; model control %s)",
         [m.name for m in manager.loaded()],

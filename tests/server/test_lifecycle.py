@@ -10,9 +10,19 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from server_testlib import Running, TinyModel, infer_request, output_array, publish_tiny, start
+from server_testlib import (
+    Running,
+    TinyModel,
+    infer_request,
+    make_settings,
+    output_array,
+    publish_tiny,
+    start,
+)
 
 from protocol import grpc_service_pb2 as pb
+from server import create_server
+from server.errors import StartupError
 
 
 @pytest.fixture
@@ -133,3 +143,50 @@ async def test_load_pinned_version_and_failed_new_version(running: Running) -> N
         await running.infer.RepositoryModelLoad(request)
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
     assert "model 'tiny' has no version 7; versions: [1, 2, 3]" in (info.value.details() or "")
+
+
+async def _health(channel: grpc.aio.Channel) -> dict[str, int]:
+    stub = health_pb2_grpc.HealthStub(channel)
+    services = ("", "inference.GRPCInferenceService", "cnnserve.v1.ImageClassification", "tiny")
+    return {s: (await stub.Check(health_pb2.HealthCheckRequest(service=s))).status for s in services}
+
+
+async def test_health_follows_readiness_when_no_model_is_ready(tmp_path: Path) -> None:
+    """Every model failed to load, then one loads, then it is unloaded: health says what ServerReady says."""
+    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    repo = tmp_path / "repo"
+    models = {"tiny": publish_tiny(repo, "tiny", seed=1)}
+    model_file = repo / "tiny" / "1" / "model.onnx"
+    good = model_file.read_bytes()
+    model_file.write_bytes(good + b"\0")  # no longer matches metadata's sha256: the only model fails
+    running = await start(repo, models)
+    try:
+        assert not (await running.infer.ServerReady(pb.ServerReadyRequest())).ready
+        assert set((await _health(running.channel)).values()) == {not_serving}
+
+        model_file.write_bytes(good)
+        await running.infer.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="tiny"))
+        assert (await running.infer.ServerReady(pb.ServerReadyRequest())).ready
+        assert set((await _health(running.channel)).values()) == {serving}
+
+        await running.infer.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="tiny"))
+        assert not (await running.infer.ServerReady(pb.ServerReadyRequest())).ready
+        assert set((await _health(running.channel)).values()) == {not_serving}
+    finally:
+        await running.channel.close(None)
+        await running.server.stop(0)
+
+
+async def test_default_model_that_is_not_loaded_stops_start_up(tmp_path: Path) -> None:
+    """--default-model must name a loaded model: unknown or failed, the server does not start."""
+    repo = tmp_path / "repo"
+    publish_tiny(repo, "tiny", seed=1)
+    publish_tiny(repo, "tampered", seed=2)
+    model_file = repo / "tampered" / "1" / "model.onnx"
+    model_file.write_bytes(model_file.read_bytes() + b"\0")
+    with pytest.raises(StartupError, match=r"--default-model 'nope' is not loaded \(no such model"):
+        await create_server(make_settings(repo, default_model="nope"))
+    with pytest.raises(StartupError, match=r"'tampered' is not loaded \(it is UNAVAILABLE: .*sha256"):
+        await create_server(make_settings(repo, default_model="tampered"))
+    server, _port = await create_server(make_settings(repo, default_model="tiny"))
+    await server.stop(0)
