@@ -4,7 +4,17 @@ Requests are queued with one future each. A worker per model instance takes as
 many queued samples as fit into ``max_batch_size``, merges them into one array,
 runs it on its instance, and hands each request its own slice of the result, or
 the exception. Requests whose deadline has passed or whose caller went away are
-dropped before they are computed.
+never computed, and leave the queue (freeing their place in its bounds) at once.
+
+Bounds, checked when a request is queued (:class:`QueueFull`, RESOURCE_EXHAUSTED):
+``max_queue_size`` requests and ``max_queue_bytes`` input bytes waiting per model,
+counting places reserved by callers still preparing their input (:meth:`reserve`:
+the image service reserves before it decodes). A request larger than the whole byte
+budget is admitted only into an empty queue, so every valid request can be served.
+
+When a batch of several requests fails, each of its requests is run again on its own,
+so one request that the model cannot compute fails alone. Nothing that goes wrong
+while merging, running or splitting a batch stops a worker.
 
 When a worker takes a batch (the policy, measured in ``docs/benchmarks.md``):
 
@@ -55,7 +65,7 @@ from typing import Protocol
 
 import numpy as np
 
-from server.errors import DeadlineExceeded, QueueFull, Unavailable
+from server.errors import DeadlineExceeded, InvalidInput, QueueFull, Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -102,17 +112,35 @@ def split(batch: np.ndarray, sizes: Sequence[int]) -> list[np.ndarray]:
     return parts
 
 
+#: Where a request is: waiting in the queue, taken into a batch, or gone (answered, cancelled,
+#: expired) before it was taken.
+_QUEUED, _TAKEN, _GONE = 0, 1, 2
+
+
 class _Request:
-    __slots__ = ("array", "deadline", "enqueued", "future", "size")
+    __slots__ = ("array", "deadline", "enqueued", "future", "nbytes", "size", "state", "timer")
 
     def __init__(
         self, array: np.ndarray, future: asyncio.Future[np.ndarray], deadline: float | None, now: float
     ) -> None:
-        self.array = array
+        self.array: np.ndarray | None = array
         self.size = len(array)
+        self.nbytes = array.nbytes
         self.future = future
         self.deadline = deadline
         self.enqueued = now
+        self.state = _QUEUED
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class Reservation:
+    """A place in a model's queue, held while the caller prepares its input (see :meth:`reserve`)."""
+
+    __slots__ = ("held", "nbytes")
+
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = nbytes
+        self.held = True
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
@@ -196,6 +224,7 @@ class DynamicBatcher:
         max_batch_size: int,
         max_queue_delay_s: float,
         max_queue_size: int,
+        max_queue_bytes: int = 256 * 2**20,
         observer: BatchObserver | None = None,
         greedy: bool = True,
         inline_compute_s: float = DEFAULT_INLINE_COMPUTE_S,
@@ -204,12 +233,18 @@ class DynamicBatcher:
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_s
         self.max_queue_size = max_queue_size
+        self.max_queue_bytes = max_queue_bytes
         self.instances = instances
         self.greedy = greedy
         self.inline_compute_s = inline_compute_s
         self._run = run
         self._observer = observer
+        #: Arrival order; entries whose state is _GONE are skipped (and dropped) when met.
         self._queue: collections.deque[_Request] = collections.deque()
+        #: Requests waiting (state _QUEUED) plus reservations held, and their input bytes.
+        self._waiting = 0
+        self._waiting_bytes = 0
+        #: Samples of the requests waiting in the queue.
         self._queued_samples = 0
         self._executing = 0
         #: Requests submitted and not yet released by their callers.
@@ -222,6 +257,7 @@ class DynamicBatcher:
         self._fill_waiters: list[asyncio.Future[None]] = []
         self._drained: asyncio.Event | None = None
         self._accepting = True
+        self._closed = False
         self._workers: list[asyncio.Task[None]] = []
         self._threads: list[_InstanceThread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -230,13 +266,18 @@ class DynamicBatcher:
 
     @property
     def pending(self) -> int:
-        """Requests queued or being computed."""
-        return len(self._queue) + self._executing
+        """Requests queued (or reserved) or being computed."""
+        return self._waiting + self._executing
 
     @property
     def queued(self) -> int:
-        """Requests waiting in the queue (not yet taken into a batch)."""
-        return len(self._queue)
+        """Requests waiting in the queue (not yet taken into a batch), reservations included."""
+        return self._waiting
+
+    @property
+    def queued_bytes(self) -> int:
+        """Input bytes of the requests waiting in the queue, reservations included."""
+        return self._waiting_bytes
 
     @property
     def executing(self) -> int:
@@ -253,24 +294,83 @@ class DynamicBatcher:
             for i in range(self.instances)
         ]
 
-    def submit(self, array: np.ndarray, deadline: float | None = None) -> asyncio.Future[np.ndarray]:
-        """Queue ``array`` (batch-first) and return the future of its output.
+    def reserve(self, nbytes: int) -> Reservation:
+        """Hold a place for one request of ``nbytes`` input bytes before its input exists.
 
-        ``deadline`` is an absolute ``loop.time()``. Raises QueueFull at once when the
-        queue holds ``max_queue_size`` requests, Unavailable when the batcher is closing.
+        Raises what :meth:`submit` raises when the queue is full or closing. Pass the
+        reservation to :meth:`infer` or :meth:`submit`, or :meth:`cancel_reservation` it.
         """
-        loop = self._loop
-        if loop is None or not self._accepting:
+        self._admit(nbytes)
+        self._waiting += 1
+        self._waiting_bytes += nbytes
+        return Reservation(nbytes)
+
+    def cancel_reservation(self, reservation: Reservation) -> None:
+        """Give back a reserved place (safe to call more than once, and after it was used)."""
+        self._drop_reservation(reservation)
+        self._check_drained()
+
+    def _drop_reservation(self, reservation: Reservation) -> None:
+        if reservation.held:
+            reservation.held = False
+            self._waiting -= 1
+            self._waiting_bytes -= reservation.nbytes
+
+    def _admit(self, nbytes: int) -> None:
+        if self._loop is None or not self._accepting:
             raise Unavailable(f"model {self.name!r} is not accepting requests (stopping)")
-        queue_ = self._queue
-        if len(queue_) >= self.max_queue_size:
+        if self._waiting >= self.max_queue_size:
             raise QueueFull(
                 f"model {self.name!r} queue is full ({self.max_queue_size} requests waiting); retry later"
             )
+        if self._waiting_bytes and self._waiting_bytes + nbytes > self.max_queue_bytes:
+            raise QueueFull(
+                f"model {self.name!r} queue holds {self._waiting_bytes} input bytes; this request's "
+                f"{nbytes} would pass the limit of {self.max_queue_bytes} (--max-queue-bytes); retry later"
+            )
+
+    def submit(
+        self, array: np.ndarray, deadline: float | None = None, reservation: Reservation | None = None
+    ) -> asyncio.Future[np.ndarray]:
+        """Queue ``array`` (batch-first) and return the future of its output.
+
+        ``deadline`` is an absolute ``loop.time()``. Raises QueueFull at once when the
+        queue is full (see the module docstring), Unavailable when the batcher is closing,
+        InvalidInput for an array of no samples or more than ``max_batch_size``.
+        Cancelling the future takes the request out of the queue.
+        """
+        request = self._enqueue(array, deadline, reservation)
+        request.future.add_done_callback(lambda future: self._forget(request))
+        return request.future
+
+    def _enqueue(
+        self, array: np.ndarray, deadline: float | None, reservation: Reservation | None
+    ) -> _Request:
+        loop = self._loop
+        size = len(array) if array.ndim else 0
+        held = reservation is not None and reservation.held
+        if reservation is not None:
+            # The reserved place becomes this request's (admitted already: no second check).
+            self._drop_reservation(reservation)
+        if loop is None or self._closed:
+            raise Unavailable(f"model {self.name!r} is not accepting requests (stopped)")
+        if not 1 <= size <= self.max_batch_size:
+            self._check_drained()
+            raise InvalidInput(
+                f"a batch of {size} samples was queued for model {self.name!r}; "
+                f"expected 1 to {self.max_batch_size}"
+            )
+        if not held:
+            self._admit(array.nbytes)
         future: asyncio.Future[np.ndarray] = loop.create_future()
         now = loop.time()
-        queue_.append(_Request(array, future, deadline, now))
-        self._queued_samples += len(array)
+        request = _Request(array, future, deadline, now)
+        self._queue.append(request)
+        self._waiting += 1
+        self._waiting_bytes += request.nbytes
+        self._queued_samples += size
+        if deadline is not None:
+            request.timer = loop.call_at(deadline, self._expire, request)
         self._serving += 1
         if self._serving > 1:
             self._crowded_until = now + CROWD_WINDOW_S
@@ -282,7 +382,28 @@ class DynamicBatcher:
                 break
         if self._fill_waiters and self._queued_samples >= self.max_batch_size:
             self._wake_fillers()
-        return future
+        return request
+
+    def _leave_queue(self, request: _Request) -> None:
+        """A waiting request will not be computed: free its place in the bounds now."""
+        request.state = _GONE
+        request.array = None
+        if request.timer is not None:
+            request.timer.cancel()
+        self._waiting -= 1
+        self._waiting_bytes -= request.nbytes
+        self._queued_samples -= request.size
+        self._check_drained()
+
+    def _forget(self, request: _Request) -> None:
+        """The caller stopped waiting (cancelled): a request still queued leaves the queue."""
+        if request.state == _QUEUED:
+            self._leave_queue(request)
+
+    def _expire(self, request: _Request) -> None:
+        if request.state == _QUEUED:
+            self._leave_queue(request)
+            _fail_request(request, DeadlineExceeded(f"request to model {self.name!r} expired while queued"))
 
     def release(self) -> None:
         """The caller of one :meth:`submit` is done with its result (or gave up on it)."""
@@ -293,11 +414,16 @@ class DynamicBatcher:
             _wake(waiter)
         self._fill_waiters.clear()
 
-    async def infer(self, array: np.ndarray, deadline: float | None = None) -> np.ndarray:
+    async def infer(
+        self, array: np.ndarray, deadline: float | None = None, reservation: Reservation | None = None
+    ) -> np.ndarray:
         """:meth:`submit` and wait for the output, releasing the request afterwards."""
-        future = self.submit(array, deadline)
+        request = self._enqueue(array, deadline, reservation)
         try:
-            return await future
+            return await request.future
+        except asyncio.CancelledError:
+            self._forget(request)
+            raise
         finally:
             self.release()
 
@@ -321,6 +447,7 @@ class DynamicBatcher:
     async def close(self) -> None:
         """Stop the workers and threads, and fail anything still queued."""
         self._accepting = False
+        self._closed = True
         for task in self._workers:
             task.cancel()
         for task in self._workers:
@@ -328,9 +455,9 @@ class DynamicBatcher:
                 await task
         while self._queue:
             request = self._queue.popleft()
-            if not request.future.done():
-                request.future.set_exception(Unavailable(f"model {self.name!r} was stopped"))
-        self._queued_samples = 0
+            if request.state == _QUEUED:
+                self._leave_queue(request)
+                _fail_request(request, Unavailable(f"model {self.name!r} was stopped"))
         for thread in self._threads:
             thread.stop()
 
@@ -366,7 +493,12 @@ class DynamicBatcher:
             started = loop.time()
             batch = self._take(started)
             if batch:
-                await self._execute(loop, index, batch)
+                try:
+                    await self._execute(loop, index, batch)
+                except Exception:  # a bug of ours: answer the batch, keep the worker alive
+                    logger.exception("model %s: batch of %d requests failed", self.name, len(batch))
+                    for request in batch:
+                        _fail_request(request, Unavailable(f"model {self.name!r} failed this batch"))
                 free_since = loop.time()
                 return_window = max(
                     self.max_queue_delay_s,
@@ -381,20 +513,32 @@ class DynamicBatcher:
         limit = self.max_batch_size
         while queue_:
             request = queue_[0]
+            if request.state != _QUEUED:  # left the queue already (cancelled or expired)
+                queue_.popleft()
+                continue
             if request.future.done():  # the caller went away (cancelled)
                 queue_.popleft()
-                self._queued_samples -= request.size
+                self._leave_queue(request)
                 continue
             if request.deadline is not None and now >= request.deadline:
                 queue_.popleft()
-                self._queued_samples -= request.size
-                request.future.set_exception(
-                    DeadlineExceeded(f"request to model {self.name!r} expired while queued")
-                )
+                self._expire(request)
                 continue
             if total + request.size > limit:
-                break
+                if batch:
+                    break
+                # Cannot happen (submit refuses it), but a request that can never fit must not
+                # stay at the head: the worker would spin on an empty batch.
+                queue_.popleft()
+                self._leave_queue(request)
+                _fail_request(request, InvalidInput(f"batch of {request.size} exceeds {limit}"))
+                continue
             queue_.popleft()
+            request.state = _TAKEN
+            if request.timer is not None:
+                request.timer.cancel()
+            self._waiting -= 1
+            self._waiting_bytes -= request.nbytes
             self._queued_samples -= request.size
             batch.append(request)
             total += request.size
@@ -403,14 +547,16 @@ class DynamicBatcher:
         return batch
 
     async def _execute(self, loop: asyncio.AbstractEventLoop, index: int, batch: list[_Request]) -> None:
-        merged, sizes = merge([request.array for request in batch])
         self._executing += 1
         started = loop.time()
         observer = self._observer
         if observer is not None:
-            observer.set_pending(len(self._queue) + self._executing)
+            observer.set_pending(self._waiting + self._executing)
         per_sample = self._per_sample_s
+        failure: Exception | None = None
         try:
+            arrays = [request.array for request in batch]
+            merged, sizes = merge([a for a in arrays if a is not None])
             if per_sample is not None and per_sample * len(merged) < self.inline_compute_s:
                 clock = time.perf_counter_ns()
                 output = self._run(index, merged)
@@ -418,31 +564,72 @@ class DynamicBatcher:
             else:
                 output, compute_ns = await self._threads[index].submit(merged)
             parts = split(output, sizes)
-        except BaseException as exc:
-            compute_ns = 0
+        except Exception as exc:
+            failure = exc
+        except BaseException:
             # Cancelled (the batcher is closing): the callers still get an answer.
-            error = exc if isinstance(exc, Exception) else Unavailable(f"model {self.name!r} was stopped")
             for request in batch:
-                if not request.future.done():
-                    request.future.set_exception(error)
-            if error is not exc:
-                raise
+                _fail_request(request, Unavailable(f"model {self.name!r} was stopped"))
+            raise
         else:
             seconds = compute_ns / 1e9 / len(merged)
             self._per_sample_s = (
                 seconds if per_sample is None else per_sample + _EWMA_WEIGHT * (seconds - per_sample)
             )
             for request, part in zip(batch, parts, strict=True):
+                request.array = None
                 if not request.future.done():
                     request.future.set_result(part)
-        finally:
-            self._executing -= 1
             if observer is not None:
                 queue_ns = [int((started - request.enqueued) * 1e9) for request in batch]
                 observer.record_batch(len(merged), queue_ns, compute_ns)
-                observer.set_pending(len(self._queue) + self._executing)
+        finally:
+            self._executing -= 1
+            if observer is not None:
+                observer.set_pending(self._waiting + self._executing)
             self._check_drained()
+        if failure is not None:
+            await self._fail_batch(loop, index, batch, failure)
+
+    async def _fail_batch(
+        self, loop: asyncio.AbstractEventLoop, index: int, batch: list[_Request], failure: Exception
+    ) -> None:
+        """A batch failed: one request alone gets the error; several are each run alone."""
+        if len(batch) == 1:
+            batch[0].array = None
+            _fail_request(batch[0], failure)
+            return
+        logger.warning(
+            "model %s: a batch of %d requests failed (%s); running each alone",
+            self.name,
+            len(batch),
+            _first_line(failure),
+        )
+        try:
+            for request in batch:
+                if request.future.done():
+                    continue
+                if request.deadline is not None and loop.time() >= request.deadline:
+                    _fail_request(
+                        request, DeadlineExceeded(f"request to model {self.name!r} expired while queued")
+                    )
+                    continue
+                await self._execute(loop, index, [request])
+        except BaseException:
+            for request in batch:
+                _fail_request(request, Unavailable(f"model {self.name!r} was stopped"))
+            raise
 
     def _check_drained(self) -> None:
-        if self._drained is not None and not self._queue and self._executing == 0:
+        if self._drained is not None and self._waiting == 0 and self._executing == 0:
             self._drained.set()
+
+
+def _fail_request(request: _Request, exc: BaseException) -> None:
+    if not request.future.done():
+        request.future.set_exception(exc)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__

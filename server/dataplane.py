@@ -121,17 +121,31 @@ class DataPlane:
                     f"the request holds {len(request.images)} images; model {model.name!r} accepts at most "
                     f"{model.batching.max_batch_size} per request"
                 )
-            while True:
-                # Decoding is CPU work in a thread; the model may be swapped meanwhile.
-                batch = await asyncio.to_thread(
-                    decode_images, request.images, model.config.preprocessing, self.settings.max_image_pixels
-                )
-                current = self._image_model(request.model_name, request.model_version)
-                if current is model or current.config.preprocessing == model.config.preprocessing:
+            # Admitted (a place in the model's queue) before any CPU goes into decoding.
+            batcher = model.batcher
+            reservation = batcher.reserve(_decoded_bytes(model, len(request.images)))
+            try:
+                while True:
+                    # Decoding is CPU work in a thread; the model may be swapped meanwhile.
+                    batch = await asyncio.to_thread(
+                        decode_images,
+                        request.images,
+                        model.config.preprocessing,
+                        self.settings.max_image_pixels,
+                    )
+                    current = self._image_model(request.model_name, request.model_version)
+                    if current is not model:
+                        batcher.cancel_reservation(reservation)
+                        batcher = current.batcher
+                        reservation = batcher.reserve(_decoded_bytes(current, len(request.images)))
+                    if current is model or current.config.preprocessing == model.config.preprocessing:
+                        model = current
+                        break
                     model = current
-                    break
-                model = current
-            logits = await model.infer(batch, _deadline(time_remaining))
+            except BaseException:
+                batcher.cancel_reservation(reservation)
+                raise
+            logits = await model.infer(batch, _deadline(time_remaining), reservation)
             response = _classify_response(model, logits, request.top_k or 1)
         except BaseException as exc:
             self._record_failure(model, exc, started)
@@ -278,6 +292,12 @@ def parse_version_parameter(param: pb.ModelRepositoryParameter) -> int:
     if isinstance(raw, str) and _VERSION.fullmatch(raw):
         return int(raw)
     raise InvalidInput(f"load parameter version is {raw!r}; expected a positive integer such as 1")
+
+
+def _decoded_bytes(model: LoadedModel, images: int) -> int:
+    """Input bytes of ``images`` decoded for ``model``: what its queue will hold."""
+    pre = model.config.preprocessing
+    return images * pre.channels * pre.height * pre.width * np.dtype(np.float32).itemsize
 
 
 def _deadline(time_remaining: float | None) -> float | None:

@@ -20,7 +20,7 @@ import onnxruntime as ort
 
 import modelrepo
 from modelrepo import BatchingConfig, ModelConfig
-from server.batcher import DynamicBatcher
+from server.batcher import DynamicBatcher, Reservation
 from server.errors import InvalidInput, LoadFailed, ModelNotFound, StartupError, Unavailable
 from server.metrics import Metrics, ModelStats
 from server.runtime import Device, open_session, warm_up
@@ -52,6 +52,8 @@ class LoadedModel:
     intra_op_threads: int = 1
     #: Whether the batcher runs a lone request at once (see :class:`DynamicBatcher`).
     greedy_batching: bool = True
+    #: Input bytes the batcher may hold queued (see :class:`DynamicBatcher`).
+    max_queue_bytes: int = 256 * 2**20
     batcher: DynamicBatcher = field(init=False)
 
     def __post_init__(self) -> None:
@@ -75,6 +77,7 @@ class LoadedModel:
             max_batch_size=self.batching.max_batch_size,
             max_queue_delay_s=self.batching.max_queue_delay_us / 1e6,
             max_queue_size=self.batching.max_queue_size,
+            max_queue_bytes=self.max_queue_bytes,
             observer=self.stats,
             greedy=self.greedy_batching,
         )
@@ -88,14 +91,18 @@ class LoadedModel:
             )
         return self.batcher.submit(batch, deadline)
 
-    async def infer(self, batch: np.ndarray, deadline: float | None) -> np.ndarray:
+    async def infer(
+        self, batch: np.ndarray, deadline: float | None, reservation: Reservation | None = None
+    ) -> np.ndarray:
         """Queue a validated batch and wait for its output; see :meth:`DynamicBatcher.infer`."""
         if len(batch) > self.max_batch_size:
+            if reservation is not None:
+                self.batcher.cancel_reservation(reservation)
             raise InvalidInput(
                 f"input {self.input_name!r} has batch size {len(batch)}; model {self.name!r} "
                 f"accepts at most {self.max_batch_size}"
             )
-        return await self.batcher.infer(batch, deadline)
+        return await self.batcher.infer(batch, deadline, reservation)
 
     async def stop(self, grace: float | None) -> None:
         """Let queued and running requests finish (up to ``grace`` seconds), then release."""
@@ -323,8 +330,18 @@ class ModelManager:
             logger.debug("loading %s version %d failed", name, version, exc_info=True)
             raise LoadFailed(f"model {name!r} version {version} failed to load: {_first_line(exc)}") from None
         stats = ModelStats(name, version, self.metrics)
-        greedy = self.settings.greedy_batching
-        return LoadedModel(name, version, mv.config, batching, device, sessions, stats, threads, greedy)
+        return LoadedModel(
+            name,
+            version,
+            mv.config,
+            batching,
+            device,
+            sessions,
+            stats,
+            threads,
+            greedy_batching=self.settings.greedy_batching,
+            max_queue_bytes=self.settings.max_queue_bytes,
+        )
 
 
 def _first_line(exc: BaseException) -> str:

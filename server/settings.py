@@ -88,6 +88,8 @@ class Settings:
     max_concurrent_rpcs: int = 1024
     #: Requests one ModelStreamInfer stream may have outstanding (running or unread answers).
     max_stream_inflight: int = 64
+    #: Input bytes one model may hold queued (waiting for a batch) before RESOURCE_EXHAUSTED.
+    max_queue_bytes: int = 256 * MiB
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -115,7 +117,7 @@ class Settings:
                 "auth_token is empty or holds characters outside printable ASCII (or spaces); "
                 f"expected at least {MIN_TOKEN_LENGTH} of them"
             )
-        for name in ("max_concurrent_streams", "max_stream_inflight"):
+        for name in ("max_concurrent_streams", "max_stream_inflight", "max_queue_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} is {getattr(self, name)}; expected >= 1")
         if self.max_concurrent_rpcs < 0:
@@ -242,6 +244,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=d.max_stream_inflight,
         help="outstanding requests per ModelStreamInfer stream",
     )
+    sec.add_argument(
+        "--max-queue-bytes",
+        type=int,
+        default=d.max_queue_bytes,
+        help="input bytes each model may hold queued before RESOURCE_EXHAUSTED",
+    )
     return p
 
 
@@ -302,6 +310,7 @@ def settings_from_args(
             max_concurrent_streams=args.max_concurrent_streams,
             max_concurrent_rpcs=args.max_concurrent_rpcs,
             max_stream_inflight=args.max_stream_inflight,
+            max_queue_bytes=args.max_queue_bytes,
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -14,7 +14,7 @@ from server_testlib import Running, TinyModel, infer_request, ort_reference, out
 
 from protocol import grpc_service_pb2 as pb
 from server.batcher import DynamicBatcher, merge, split
-from server.errors import DeadlineExceeded, QueueFull
+from server.errors import DeadlineExceeded, InvalidInput, QueueFull
 
 
 def test_merge_and_split_round_trip() -> None:
@@ -57,7 +57,7 @@ class SlowDouble:
         return batch * 2
 
 
-def _batcher(run: SlowDouble, **kwargs: float) -> DynamicBatcher:
+def _batcher(run: SlowDouble, greedy: bool = True, **kwargs: float) -> DynamicBatcher:
     options: dict[str, float] = {
         "instances": 1,
         "max_batch_size": 8,
@@ -72,6 +72,7 @@ def _batcher(run: SlowDouble, **kwargs: float) -> DynamicBatcher:
         max_batch_size=int(options["max_batch_size"]),
         max_queue_delay_s=options["max_queue_delay_s"],
         max_queue_size=int(options["max_queue_size"]),
+        greedy=greedy,
     )
 
 
@@ -296,5 +297,132 @@ async def test_runner_errors_reach_every_request_of_the_batch() -> None:
         for future in futures:
             with pytest.raises(RuntimeError, match="model exploded"):
                 await future
+    finally:
+        await batcher.close()
+
+
+async def test_request_larger_than_max_batch_size_is_refused_at_submit() -> None:
+    """Queued, it would sit at the head forever: every batch empty, the worker spinning on the loop."""
+    run = SlowDouble(0.0)
+    batcher = _batcher(run, max_batch_size=4)
+    batcher.start()
+    try:
+        for rows in (0, 5):
+            with pytest.raises(InvalidInput, match=rf"a batch of {rows} samples .* expected 1 to 4"):
+                batcher.submit(np.zeros((rows, 1), np.float32))
+        np.testing.assert_array_equal(await batcher.infer(np.ones((4, 1), np.float32)), np.full((4, 1), 2.0))
+    finally:
+        await batcher.close()
+
+
+async def test_a_batch_that_cannot_be_merged_runs_each_request_alone() -> None:
+    """merge() raising (inputs of different shapes) must neither kill the worker nor strand futures."""
+    run = SlowDouble(0.0)
+    batcher = _batcher(run, max_queue_delay_s=0.05, greedy=False)
+    batcher.start()
+    try:
+        narrow, wide = np.ones((1, 2), np.float32), np.ones((1, 3), np.float32)
+        outputs = await asyncio.wait_for(asyncio.gather(batcher.submit(narrow), batcher.submit(wide)), 5)
+        np.testing.assert_array_equal(outputs[0], narrow * 2)
+        np.testing.assert_array_equal(outputs[1], wide * 2)
+        assert run.batches == [1, 1]
+        assert batcher.pending == 0
+    finally:
+        await batcher.close()
+
+
+async def test_only_the_guilty_request_of_a_failed_batch_fails() -> None:
+    computed: list[int] = []
+
+    def refuses_nan(index: int, batch: np.ndarray) -> np.ndarray:
+        computed.append(len(batch))
+        if np.isnan(batch).any():
+            raise RuntimeError("NaN in the batch")
+        return batch * 2
+
+    batcher = DynamicBatcher(
+        "m",
+        refuses_nan,
+        instances=1,
+        max_batch_size=8,
+        max_queue_delay_s=0.05,
+        max_queue_size=64,
+        greedy=False,
+    )
+    batcher.start()
+    try:
+        values = [1.0, float("nan"), 3.0]
+        futures = [batcher.submit(np.full((1, 1), v, np.float32)) for v in values]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        assert computed == [3, 1, 1, 1]  # the batch, then each request alone
+        np.testing.assert_array_equal(results[0], [[2.0]])
+        assert isinstance(results[1], RuntimeError)
+        np.testing.assert_array_equal(results[2], [[6.0]])
+    finally:
+        await batcher.close()
+
+
+async def test_queue_bytes_are_bounded() -> None:
+    run = SlowDouble(0.2)
+    batcher = DynamicBatcher(
+        "m", run, instances=1, max_batch_size=1, max_queue_delay_s=0, max_queue_size=64, max_queue_bytes=100
+    )
+    batcher.start()
+    try:
+        busy = batcher.submit(np.zeros((1, 10), np.float32))
+        await asyncio.sleep(0.05)  # taken: it no longer counts as queued
+        queued = [batcher.submit(np.zeros((1, 10), np.float32)) for _ in range(2)]  # 80 bytes
+        assert batcher.queued_bytes == 80
+        with pytest.raises(QueueFull, match=r"queue holds 80 input bytes; this request's 40 .* limit of 100"):
+            batcher.submit(np.zeros((1, 10), np.float32))
+        batcher.submit(np.zeros((1, 5), np.float32))  # 20 more bytes fit exactly
+        await asyncio.gather(busy, *queued)
+        # A request larger than the whole budget still gets in when the queue is empty.
+        await asyncio.sleep(0.25)
+        assert batcher.queued_bytes == 0
+        await batcher.submit(np.zeros((1, 50), np.float32))
+    finally:
+        await batcher.close()
+
+
+async def test_cancelled_and_expired_requests_free_their_place_at_once() -> None:
+    run = SlowDouble(0.5)
+    batcher = _batcher(run, max_batch_size=1, max_queue_size=2)
+    batcher.start()
+    loop = asyncio.get_running_loop()
+    try:
+        busy = batcher.submit(np.zeros((1, 1), np.float32))
+        await asyncio.sleep(0.05)
+        cancelled = asyncio.create_task(batcher.infer(np.zeros((1, 1), np.float32)))
+        expiring = batcher.submit(np.zeros((1, 1), np.float32), deadline=loop.time() + 0.05)
+        await asyncio.sleep(0)
+        assert batcher.queued == 2
+        cancelled.cancel()
+        await asyncio.sleep(0)
+        assert batcher.queued == 1  # the cancelled request's place is free while the worker is busy
+        with pytest.raises(DeadlineExceeded):
+            await asyncio.wait_for(expiring, 0.2)  # answered at its deadline, not when popped
+        assert batcher.queued == 0
+        assert not busy.done()
+        kept = [batcher.submit(np.full((1, 1), 7.0, np.float32)) for _ in range(2)]
+        await asyncio.gather(busy, *kept)
+        assert run.batches == [1, 1, 1]
+    finally:
+        await batcher.close()
+
+
+async def test_reservations_count_against_the_queue_bounds() -> None:
+    run = SlowDouble(0.0)
+    batcher = _batcher(run, max_queue_size=2)
+    batcher.start()
+    try:
+        first, second = batcher.reserve(4), batcher.reserve(4)
+        with pytest.raises(QueueFull):
+            batcher.reserve(4)
+        batcher.cancel_reservation(second)
+        batcher.cancel_reservation(second)  # twice is harmless
+        out = await batcher.infer(np.ones((1, 1), np.float32), reservation=first)
+        np.testing.assert_array_equal(out, [[2.0]])
+        assert batcher.queued == 0
     finally:
         await batcher.close()
