@@ -13,19 +13,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from protocol import (
-    grpc_service_pb2,
-    grpc_service_pb2_grpc,
-    image_classification_pb2,
-    image_classification_pb2_grpc,
-)
+from protocol import grpc_service_pb2, image_classification_pb2
 from server.auth import TokenAuthInterceptor
 from server.dataplane import DataPlane
 from server.errors import StartupError
 from server.metrics import Metrics
 from server.models import ModelManager
 from server.runtime import resolve_device
-from server.servicers import ImageClassificationServicer, InferenceServicer
+from server.servicers import add_services
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -168,10 +163,7 @@ async def create_server(settings: Settings) -> tuple[InferenceServer, int]:
         ],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
     )
-    grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), grpc_server)
-    image_classification_pb2_grpc.add_ImageClassificationServicer_to_server(
-        ImageClassificationServicer(plane), grpc_server
-    )
+    add_services(grpc_server, plane)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
     reflection.enable_server_reflection(
         (INFERENCE_SERVICE, IMAGE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server

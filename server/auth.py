@@ -72,21 +72,22 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
 
 
 def _refusal(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
-    """A handler of the same shape as ``handler`` that aborts with UNAUTHENTICATED."""
+    """A handler that aborts with UNAUTHENTICATED before reading, let alone parsing, the request.
 
-    async def abort(request_or_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    It takes the request as a stream whatever the method's shape (the client cannot tell),
+    so grpc does not wait for the request message before calling it, and it has no request
+    deserializer: an unauthenticated caller costs no protobuf parsing, and bytes that are
+    not a valid message still get UNAUTHENTICATED.
+    """
+
+    async def abort(request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
-    async def abort_streaming(request_or_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    async def abort_streaming(request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
         yield  # pragma: no cover - makes this an async generator, as streaming handlers are
 
-    deserializer = handler.request_deserializer
     serializer = handler.response_serializer
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(abort_streaming, deserializer, serializer)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(abort, deserializer, serializer)
     if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(abort_streaming, deserializer, serializer)
-    return grpc.unary_unary_rpc_method_handler(abort, deserializer, serializer)
+        return grpc.stream_stream_rpc_method_handler(abort_streaming, None, serializer)
+    return grpc.stream_unary_rpc_method_handler(abort, None, serializer)

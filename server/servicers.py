@@ -2,6 +2,11 @@
 
 Every unary method goes through :func:`_guard`, the one place where exceptions
 become statuses (via :func:`server.errors.abort_with`).
+
+:func:`add_services` registers both services with request deserializers that never
+raise: bytes that are not the method's message become an :class:`Undecodable`, which
+a unary method answers with INVALID_ARGUMENT and a stream with an error for that one
+message (grpc itself would answer UNKNOWN, with the parser's exception type).
 """
 
 from __future__ import annotations
@@ -9,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 import grpc.aio
@@ -24,6 +29,73 @@ from server.errors import abort_with, status_of
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+class Undecodable:
+    """What a request deserializer returns for bytes that are not the expected message."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _tolerant(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    message_type = getattr(getattr(deserialize, "__self__", None), "DESCRIPTOR", None)
+    type_name = message_type.full_name if message_type is not None else "request"
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception:
+            return Undecodable(f"the request ({len(data)} bytes) is not a valid {type_name} message")
+
+    return parse
+
+
+def _refuse_undecodable(
+    behavior: Callable[[Any, Any], Awaitable[Any]],
+) -> Callable[[Any, Any], Awaitable[Any]]:
+    async def call(request: Any, context: Any) -> Any:
+        if type(request) is Undecodable:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        return await behavior(request, context)
+
+    return call
+
+
+class _Capture:
+    """Stands in for the server while the generated ``add_*_to_server`` functions register."""
+
+    def __init__(self) -> None:
+        self.services: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+
+    def add_generic_rpc_handlers(self, handlers: object) -> None:
+        pass
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self.services[service] = handlers
+
+
+def add_services(server: grpc.aio.Server, plane: DataPlane) -> None:
+    """Register the inference and image services on ``server``, with tolerant deserializers."""
+    capture = _Capture()
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), capture)
+    img_grpc.add_ImageClassificationServicer_to_server(ImageClassificationServicer(plane), capture)
+    for service, handlers in capture.services.items():
+        safe = {}
+        for name, handler in handlers.items():
+            h = cast(Any, handler)
+            h = h._replace(request_deserializer=_tolerant(h.request_deserializer))
+            if not h.request_streaming and not h.response_streaming:
+                h = h._replace(unary_unary=_refuse_undecodable(h.unary_unary))
+            elif not h.request_streaming:  # pragma: no cover - neither service has one today
+                raise TypeError(f"{service}/{name}: unary-stream methods need their own Undecodable check")
+            safe[name] = h
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, safe),))
+        cast(Any, server).add_registered_method_handlers(service, safe)
 
 
 async def _guard(context: grpc.aio.ServicerContext[Any, Any], call: Awaitable[T]) -> T:
@@ -98,6 +170,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             try:
                 async for request in request_iterator:
                     await slots.acquire()
+                    if type(request) is Undecodable:
+                        # One bad message: an error answer for it; the stream goes on.
+                        undecodable = cast(Undecodable, request)
+                        await results.put(pb.ModelStreamInferResponse(error_message=undecodable.message))
+                        continue
                     task = asyncio.create_task(one(request))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)

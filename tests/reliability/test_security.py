@@ -185,6 +185,28 @@ async def test_token_required_on_every_rpc_except_health(token_server: tuple[int
         )
 
 
+async def test_unauthenticated_requests_are_refused_before_they_are_parsed(
+    token_server: tuple[int, TinyModel],
+) -> None:
+    """Bytes that are no ModelInferRequest get UNAUTHENTICATED, not a parse error: nothing was parsed."""
+    port, _model = token_server
+    async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        for method in (
+            "/inference.GRPCInferenceService/ModelInfer",
+            "/inference.GRPCInferenceService/ModelStreamInfer",
+        ):
+            if method.endswith("StreamInfer"):
+                call = channel.stream_stream(method)(iter([b"\xff\xff\xff\xff not protobuf"]), timeout=5)
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    async for _ in call:
+                        pass
+            else:
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await channel.unary_unary(method)(b"\xff\xff\xff\xff not protobuf", timeout=5)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED, method
+            assert "missing 'authorization' metadata" in (info.value.details() or "")
+
+
 async def test_token_and_tls_together(fleet: tuple[Path, dict[str, TinyModel]], pki: Pki) -> None:
     repo, models = fleet
     server, port = await create_server(

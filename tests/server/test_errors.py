@@ -128,3 +128,26 @@ async def test_unexpected_error_is_internal_without_traceback(
     assert "Traceback" not in details and "no_such_output" not in details
     assert "internal server error" in details
     assert any(r.levelname == "ERROR" and r.exc_info for r in caplog.records)
+
+
+async def test_bytes_that_are_no_request_message_get_invalid_argument(running: Running) -> None:
+    """grpc alone answers UNKNOWN naming the parser's exception; ours names the expected message."""
+    garbage = b"\xff\xff\xff\xff not protobuf"
+    for method, message in (
+        ("/inference.GRPCInferenceService/ModelInfer", "inference.ModelInferRequest"),
+        ("/inference.GRPCInferenceService/ModelMetadata", "inference.ModelMetadataRequest"),
+        ("/cnnserve.v1.ImageClassification/Classify", "cnnserve.v1.ClassifyRequest"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await running.channel.unary_unary(method)(garbage, timeout=5)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+        assert f"is not a valid {message} message" in (info.value.details() or "")
+    # On a stream, the bad message gets an error answer and the next one is served.
+    good = infer_request("tiny", np.zeros((1, 1, 8, 8), np.float32), request_id="after").SerializeToString()
+    call = running.channel.stream_stream(
+        "/inference.GRPCInferenceService/ModelStreamInfer",
+        response_deserializer=pb.ModelStreamInferResponse.FromString,
+    )(iter([garbage, good]), timeout=5)
+    answers = [answer async for answer in call]
+    assert "is not a valid inference.ModelInferRequest message" in answers[0].error_message
+    assert answers[1].error_message == "" and answers[1].infer_response.id == "after"
