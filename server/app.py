@@ -181,7 +181,7 @@ async def create_server(settings: Settings) -> tuple[InferenceServer, int]:
 
     await manager.load_initial()
     if settings.default_model and settings.default_model not in {m.name for m in manager.loaded()}:
-        entry = {e.name: e for e in manager.entries()}.get(settings.default_model)
+        entry = {e.name: e for e in await manager.entries()}.get(settings.default_model)
         why = (
             f"it is {entry.state}: {entry.reason}" if entry is not None else "no such model in the repository"
         )

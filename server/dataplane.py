@@ -241,9 +241,9 @@ class DataPlane:
 
     # -- repository ---------------------------------------------------------------------------------
 
-    def repository_index(self, ready_only: bool) -> pb.RepositoryIndexResponse:
+    async def repository_index(self, ready_only: bool) -> pb.RepositoryIndexResponse:
         response = pb.RepositoryIndexResponse()
-        for entry in self.manager.entries():
+        for entry in await self.manager.entries():
             if ready_only and entry.current is None:
                 continue
             version = str(entry.current.version) if entry.current is not None else ""
@@ -268,7 +268,7 @@ class DataPlane:
 
     async def unload(self, request: pb.RepositoryModelUnloadRequest) -> None:
         self._check_model_control("RepositoryModelUnload")
-        if request.model_name not in {e.name for e in self.manager.entries()}:
+        if request.model_name not in {e.name for e in await self.manager.entries()}:
             raise ModelNotFound(f"unknown model {request.model_name!r}")
         await self.manager.unload(request.model_name)
 

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -166,9 +167,13 @@ class ModelManager:
         """The currently loaded versions, by model name."""
         return [e.current for _, e in sorted(self._entries.items()) if e.current is not None]
 
-    def entries(self) -> list[ModelEntry]:
-        """Every model the server knows or the repository holds, by name."""
-        for name in modelrepo.list_models(self.repository):
+    async def entries(self) -> list[ModelEntry]:
+        """Every model the server knows or the repository holds, by name.
+
+        The repository is scanned in a thread: a slow or large file system never stalls
+        the event loop that serves every other request.
+        """
+        for name in await asyncio.to_thread(modelrepo.list_models, self.repository):
             self._entries.setdefault(name, ModelEntry(name))
         return [e for _, e in sorted(self._entries.items())]
 
@@ -183,7 +188,7 @@ class ModelManager:
     async def load_initial(self) -> None:
         """Load the models named in the settings, or all in the repository; failures only mark them."""
         selections: Iterable[ModelSelection] = self.settings.models or [
-            ModelSelection(name) for name in modelrepo.list_models(self.repository)
+            ModelSelection(name) for name in await asyncio.to_thread(modelrepo.list_models, self.repository)
         ]
         for selection in selections:
             try:
@@ -200,9 +205,9 @@ class ModelManager:
             modelrepo.validate_model_name(name)
         except modelrepo.InvalidModelName as exc:
             raise InvalidInput(str(exc)) from None
-        versions = modelrepo.list_versions(self.repository, name)
+        versions = await asyncio.to_thread(modelrepo.list_versions, self.repository, name)
         if not versions:
-            raise ModelNotFound(f"model {name!r} is not in the repository {str(self.repository)!r}")
+            raise ModelNotFound(f"model {name!r} is not in the model repository")
         if version is None:
             version = versions[-1]
         elif version not in versions:
@@ -213,7 +218,7 @@ class ModelManager:
                 await self._set_state(entry, LOADING, "loading")
             started = time.perf_counter()
             try:
-                model = await asyncio.to_thread(self._build, name, version)
+                model = await asyncio.to_thread(self._build_reported, name, version)
             except LoadFailed as exc:
                 if entry.current is None:
                     await self._set_state(entry, UNAVAILABLE, exc.message)
@@ -285,6 +290,14 @@ class ModelManager:
             instances=s.instances if s.instances is not None else b.instances,
         )
 
+    def _build_reported(self, name: str, version: int) -> LoadedModel:
+        """:meth:`_build`, with failures told to clients without the server's file-system paths."""
+        try:
+            return self._build(name, version)
+        except LoadFailed as exc:
+            logger.debug("loading model %s version %d failed: %s", name, version, exc.message)
+            raise LoadFailed(repository_relative(exc.message, self.repository)) from None
+
     def _build(self, name: str, version: int) -> LoadedModel:
         """Read, verify, open and warm up one version (blocking: runs in a thread)."""
         try:
@@ -342,6 +355,17 @@ class ModelManager:
             greedy_batching=self.settings.greedy_batching,
             max_queue_bytes=self.settings.max_queue_bytes,
         )
+
+
+def repository_relative(message: str, repository: Path) -> str:
+    """``message`` with the repository's location removed from every path in it.
+
+    ``/srv/models/tiny/1/config.json`` becomes ``tiny/1/config.json``: what a client
+    needs to fix its repository, without where the server keeps it.
+    """
+    for prefix in {str(repository.resolve()), str(repository.absolute()), str(repository)}:
+        message = message.replace(prefix.rstrip("/") + "/", "").replace(prefix, "<repository>")
+    return message
 
 
 def _first_line(exc: BaseException) -> str:

@@ -223,7 +223,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: Any
     ) -> pb.RepositoryIndexResponse:
-        return await _guard(context, _value(lambda: self.plane.repository_index(request.ready)))
+        return await _guard(context, self.plane.repository_index(request.ready))
 
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Any

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from pathlib import Path
 
 import grpc
@@ -20,6 +21,7 @@ from server_testlib import (
     start,
 )
 
+import modelrepo
 from protocol import grpc_service_pb2 as pb
 from server import create_server
 from server.errors import StartupError
@@ -190,3 +192,59 @@ async def test_default_model_that_is_not_loaded_stops_start_up(tmp_path: Path) -
         await create_server(make_settings(repo, default_model="tampered"))
     server, _port = await create_server(make_settings(repo, default_model="tiny"))
     await server.stop(0)
+
+
+async def test_load_failures_tell_clients_no_server_paths(tmp_path: Path) -> None:
+    """RepositoryIndex reasons and UNAVAILABLE details name files inside the repository, not its location."""
+    repo = tmp_path / "secret-location" / "repo"
+    publish_tiny(repo, "tiny", seed=1)
+    publish_tiny(repo, "nofile", seed=2)
+    (repo / "nofile" / "1" / "model.onnx").unlink()
+    publish_tiny(repo, "badjson", seed=3)
+    (repo / "badjson" / "1" / "config.json").write_text("{not json")
+    publish_tiny(repo, "corrupt", seed=4)
+    corrupt = repo / "corrupt" / "1"
+    (corrupt / "model.onnx").write_bytes(b"this is not onnx")
+    metadata = json.loads((corrupt / "metadata.json").read_text())
+    del metadata["model_sha256"]
+    (corrupt / "metadata.json").write_text(json.dumps(metadata))
+    running = await start(repo, {})
+    try:
+        index = await running.infer.RepositoryIndex(pb.RepositoryIndexRequest())
+        reasons = {m.name: m.reason for m in index.models}
+        assert "nofile/1/model.onnx" in reasons["nofile"]
+        assert "unreadable configuration" in reasons["badjson"]
+        details = []
+        for name in ("nofile", "badjson", "corrupt", "absent"):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await running.infer.ModelInfer(infer_request(name, np.zeros((1, 1, 8, 8), np.float32)))
+            details.append(info.value.details() or "")
+        for text in [*reasons.values(), *details]:
+            assert "secret-location" not in text and str(tmp_path) not in text, text
+    finally:
+        await running.channel.close(None)
+        await running.server.stop(0)
+
+
+async def test_repository_scans_run_off_the_event_loop(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slow file system must not stall every other request: the scans run in a thread."""
+    threads: list[str] = []
+    real_list_models, real_list_versions = modelrepo.list_models, modelrepo.list_versions
+
+    def list_models(repository: Path) -> list[str]:
+        threads.append(threading.current_thread().name)
+        return real_list_models(repository)
+
+    def list_versions(repository: Path, name: str) -> list[int]:
+        threads.append(threading.current_thread().name)
+        return real_list_versions(repository, name)
+
+    monkeypatch.setattr(modelrepo, "list_models", list_models)
+    monkeypatch.setattr(modelrepo, "list_versions", list_versions)
+    await running.infer.RepositoryIndex(pb.RepositoryIndexRequest())
+    await running.infer.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="tiny"))
+    await running.infer.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="tinyrgb"))
+    assert len(threads) >= 3
+    assert threading.main_thread().name not in threads
