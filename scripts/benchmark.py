@@ -103,6 +103,8 @@ class Results:
     runs: list[ServerRun] = field(default_factory=list)
     memory: dict[str, dict[str, Any]] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    #: measure_perf_analyzer()'s result (empty when not run).
+    perf_analyzer: dict[str, Any] = field(default_factory=dict)
 
 
 def shown(command: Sequence[str]) -> str:
@@ -424,6 +426,115 @@ def measure_memory(repository: Path, models: Sequence[str], label: str) -> dict[
             "rss_bytes": rss,
             "peak_rss_bytes": peak,
         }
+
+
+# -- Triton's perf_analyzer ----------------------------------------------------------------------------------
+# Self-contained: measure_perf_analyzer() measures, perf_analyzer_lines() renders, main() calls both.
+# Finding and running the binary lives in scripts/perf_analyzer.py (which also runs on its own).
+
+#: The model Triton's perf_analyzer drives.
+PERF_ANALYZER_MODEL = "lenet"
+#: perf_analyzer's stability threshold: its default 10% rarely settles on this shared machine.
+PERF_ANALYZER_STABILITY_PERCENT = 50
+#: Its server-side columns (µs per request, from our ModelStatistics), in the document's order.
+PERF_ANALYZER_SERVER_COLUMNS = (
+    "server_queue_us",
+    "server_compute_input_us",
+    "server_compute_infer_us",
+    "server_compute_output_us",
+)
+
+
+def _perf_analyzer_module() -> Any:
+    """``scripts/perf_analyzer.py``, loaded by path (``scripts`` is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "cnnserve_perf_analyzer", ROOT / "scripts" / "perf_analyzer.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
+
+
+def measure_perf_analyzer(repository: Path, plan: Plan) -> dict[str, Any]:
+    """Triton's perf_analyzer (``-i grpc``) against the server with LeNet, one run per concurrency.
+
+    Returns ``{"skipped": why}`` when the binary or its libraries are missing (the message says
+    how to provide them: ``CNNSERVE_PERF_ANALYZER``, see scripts/perf_analyzer.py).
+    """
+    pa = _perf_analyzer_module()
+    try:
+        tool = pa.find()
+    except pa.PerfAnalyzerMissing as exc:
+        log(f"perf_analyzer not run: {exc}")
+        return {"skipped": str(exc)}
+    interval_ms = 1000 if plan.quick else 2000
+    with Server(repository, [PERF_ANALYZER_MODEL]) as server:
+        log(f"perf_analyzer ({tool.binary}) at concurrency {list(plan.concurrency)}")
+        levels = pa.run_levels(
+            tool,
+            server.address,
+            PERF_ANALYZER_MODEL,
+            plan.concurrency,
+            measurement_interval_ms=interval_ms,
+            stability_percentage=PERF_ANALYZER_STABILITY_PERCENT,
+        )
+        return {
+            "model": PERF_ANALYZER_MODEL,
+            "version": pa.version(tool),
+            "server_command": server.shown_command(),
+            "measurement_interval_ms": interval_ms,
+            "stability_percentage": PERF_ANALYZER_STABILITY_PERCENT,
+            "levels": levels,
+        }
+
+
+def perf_analyzer_lines(results: Results) -> list[str]:
+    """The perf_analyzer section of the document, beside our generator's figures at each concurrency."""
+    pa = results.perf_analyzer
+    if not pa:
+        return []
+    lines = ["", "## Triton's perf_analyzer", ""]
+    if "skipped" in pa:
+        return [*lines, f"Not measured: {pa['skipped']}", ""]
+    lines += [
+        f"{pa['version']}, `-i grpc`, {pa['model']}, batch 1, random inputs, each concurrency a run of its "
+        f"own with {pa['measurement_interval_ms']} ms windows until three agree within "
+        f"{pa['stability_percentage']}%; figures from its `-f` latency report. perf_analyzer reads "
+        "ModelStatistics around every window, so the server-side columns are our statistics as "
+        "Triton's tools read them. Our own generator's figures (batching on, unary) are beside them.",
+        "",
+        f"Server: `{pa['server_command']}`",
+        "",
+    ]
+    if pa["levels"]:
+        first = pa["levels"][0]
+        c = first["concurrency"]
+        template = first["command"].replace(f"{c}:{c}:1", "C:C:1")
+        lines += [f"perf_analyzer, at each concurrency C: `{template}`", ""]
+    lines += [
+        "| concurrency | infer/s | avg ms | p50 ms | p99 ms | server queue / input / infer / output µs "
+        "| clients.bench requests/s | clients.bench p50 ms | clients.bench p99 ms |",
+        "|---:|---:|---:|---:|---:|---|---:|---:|---:|",
+    ]
+    for lvl in pa["levels"]:
+        ours = level(results.runs, pa["model"], "on", lvl["concurrency"])
+        ours_cells = "- | - | -"
+        if ours is not None:
+            lat = ours["latency_ms"]
+            ours_cells = f"{ours['throughput_rps']:.1f} | {_ms(lat['p50'])} | {_ms(lat['p99'])}"
+        if "error" in lvl:
+            failed = lvl["error"].splitlines()[-1][:200]
+            lines.append(f"| {lvl['concurrency']} | failed: {failed} | | | | | {ours_cells} |")
+            continue
+        server = " / ".join(f"{lvl[k]:.0f}" for k in PERF_ANALYZER_SERVER_COLUMNS)
+        latency = " | ".join(f"{lvl[k] / 1000:.3f}" for k in ("avg_latency_us", "p50_us", "p99_us"))
+        throughput = f"{lvl['throughput_infer_per_s']:.1f}"
+        lines.append(f"| {lvl['concurrency']} | {throughput} | {latency} | {server} | {ours_cells} |")
+    return [*lines, ""]
 
 
 # -- targets and the document -------------------------------------------------------------------------------
@@ -872,6 +983,7 @@ def write_document(results: Results, targets: list[Target], out: Path, command: 
             f"request to each model ({mem['rss_idle_bytes'] / 2**20:.0f} MiB before; peak "
             f"{mem['peak_rss_bytes'] / 2**20:.0f} MiB). Server: `{mem['command']}`",
         ]
+    lines += perf_analyzer_lines(results)
     lines += ["", *gap_notes(results)]
     lines += [
         "",
@@ -957,6 +1069,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         results.ceilings[model] = measure_ceiling(args.repository, model, plan)
     for model in available:
         results.runs += measure_server(args.repository, model, plan, work)
+    if PERF_ANALYZER_MODEL in available:
+        results.perf_analyzer = measure_perf_analyzer(args.repository, plan)
     if available:
         results.memory["default"] = measure_memory(args.repository, available, "default models")
     zoo = list_models(args.zoo_repository)
@@ -978,6 +1092,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "ceilings": results.ceilings,
                 "runs": [run.__dict__ for run in results.runs],
                 "memory": results.memory,
+                "perf_analyzer": results.perf_analyzer,
                 "targets": [t.__dict__ for t in targets],
             },
             indent=2,

@@ -92,14 +92,17 @@ class DataPlane:
             model = self.manager.get(request.model_name, request.model_version)
             outputs = converters.requested_outputs(request, model)
             batch = converters.decode_request(request, model)
+            queued = time.perf_counter_ns()
             result = await model.infer(batch, _deadline(time_remaining))
+            computed = time.perf_counter_ns()
             response = converters.encode_response(request, model, result, outputs)
         except BaseException as exc:
             self._record_failure(model, exc, started)
             raise
         finally:
             self._leave()
-        model.stats.record_success(time.perf_counter_ns() - started)
+        done = time.perf_counter_ns()
+        model.stats.record_success(done - started, queued - started, done - computed)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("infer %s v%d batch %d done", model.name, model.version, len(batch))
         return response
@@ -145,14 +148,17 @@ class DataPlane:
             except BaseException:
                 batcher.cancel_reservation(reservation)
                 raise
+            queued = time.perf_counter_ns()
             logits = await model.infer(batch, _deadline(time_remaining), reservation)
+            computed = time.perf_counter_ns()
             response = _classify_response(model, logits, request.top_k or 1)
         except BaseException as exc:
             self._record_failure(model, exc, started)
             raise
         finally:
             self._leave()
-        model.stats.record_success(time.perf_counter_ns() - started)
+        done = time.perf_counter_ns()
+        model.stats.record_success(done - started, queued - started, done - computed)
         return response
 
     def _image_model(self, name: str, version: str) -> LoadedModel:
@@ -226,17 +232,27 @@ class DataPlane:
                 inference_count=s.inference_count,
                 execution_count=s.execution_count,
             )
+            # Field by field as Triton means them: see ModelStats in server/metrics.py.
             stats = entry.inference_stats
-            for target, source in (
+            pairs = [
                 (stats.success, s.success),
                 (stats.fail, s.fail),
                 (stats.queue, s.queue),
+                (stats.compute_input, s.compute_input),
                 (stats.compute_infer, s.compute_infer),
-            ):
-                target.count, target.ns = source.count, source.ns
-            for size, duration in sorted(s.batch_stats.items()):
+                (stats.compute_output, s.compute_output),
+                (stats.cache_hit, s.cache_hit),
+                (stats.cache_miss, s.cache_miss),
+            ]
+            for size, per_size in sorted(s.batch_stats.items()):
                 batch = entry.batch_stats.add(batch_size=size)
-                batch.compute_infer.count, batch.compute_infer.ns = duration.count, duration.ns
+                pairs += [
+                    (batch.compute_input, per_size.compute_input),
+                    (batch.compute_infer, per_size.compute_infer),
+                    (batch.compute_output, per_size.compute_output),
+                ]
+            for target, source in pairs:
+                target.count, target.ns = source.count, source.ns
         return response
 
     # -- repository ---------------------------------------------------------------------------------
