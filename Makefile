@@ -2,6 +2,7 @@
 #   make serve   install, export the default models if missing, serve them
 #   make test    install, lint, type-check, run the test suite
 #   make compose-test  build the images, run docker compose up and check it
+#   make perf-analyzer-test  run Triton's perf_analyzer against the server (statistics checks)
 #   make lock    re-resolve the lock files in requirements/ (UPGRADE=1 to move every pin)
 PYTHON ?= python3
 VENV := .venv
@@ -11,7 +12,7 @@ PORT ?= 8001
 METRICS_PORT ?= 8002
 PYTEST_ARGS ?=
 
-.PHONY: install lock serve export test lint typecheck protos compose-test clean
+.PHONY: install lock serve export test lint typecheck protos compose-test perf-analyzer perf-analyzer-test clean
 
 LOCK := requirements/dev.txt
 
@@ -54,8 +55,22 @@ test: lint typecheck
 compose-test: install
 	$(BIN)/python scripts/compose_test.py
 
+# Triton's perf_analyzer in an environment of its own (its wheel, --no-deps), plus the one system
+# library its binary links that no wheel ships (Debian's libb64-0d; installed here when missing).
+PERF_VENV := .venv-perf-analyzer
+$(PERF_VENV)/.installed: requirements/perf-analyzer.txt
+	$(PYTHON) -m venv $(PERF_VENV)
+	$(PERF_VENV)/bin/python -m pip install --progress-bar off --require-hashes --no-deps -r requirements/perf-analyzer.txt
+	dpkg -s libb64-0d >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq --no-install-recommends libb64-0d)
+	touch $@
+
+perf-analyzer: $(PERF_VENV)/.installed
+
+perf-analyzer-test: install perf-analyzer
+	CNNSERVE_PERF_ANALYZER=$(PERF_VENV)/bin/perf_analyzer $(BIN)/python -m pytest -q tests/server/test_statistics.py -k perf_analyzer
+
 protos: install
 	PATH=$(BIN):$$PATH scripts/generate_protos.sh
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(PERF_VENV) .mypy_cache .ruff_cache .pytest_cache

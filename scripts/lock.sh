@@ -33,3 +33,5 @@ python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", 
     | "${constrained[@]}" - -o "$out/build.txt"
 # Triton's client for the compose test: its protobuf pin is not ours, so no dev.txt constraint.
 "${compile[@]}" "$out/tritonclient.in" -o "$out/tritonclient.txt"
+# Triton's perf_analyzer binary (make perf-analyzer): the wheels alone, installed with --no-deps.
+"${compile[@]}" --no-deps "$out/perf-analyzer.in" -o "$out/perf-analyzer.txt"
