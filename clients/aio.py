@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from clients import convert
 from clients.auth import AioBearerToken
 from clients.convert import ImageLike
-from clients.errors import raise_error
+from clients.errors import InferenceServerError, InvalidArgumentError, raise_error
 from clients.types import Classification, ModelIndexEntry, ModelMetadata
 from protocol import (
     grpc_service_pb2,
@@ -32,8 +32,11 @@ class AsyncInferenceClient:
 
     ``url`` is ``HOST:PORT``. Every method takes ``timeout`` in seconds; None uses
     the client's ``timeout``. Failed calls raise
-    :class:`~clients.errors.InferenceServerError`. Use it as an async context manager, or
-    await :meth:`close`. ``token`` sends ``authorization: Bearer <token>`` on every call.
+    :class:`~clients.errors.InferenceServerError`; arguments it refuses to send raise its
+    subclass :class:`~clients.errors.InvalidArgumentError`. Use it as an async context
+    manager, or await :meth:`close`. ``token`` sends ``authorization: Bearer <token>`` on
+    every call. Cached model metadata is kept fresh across model swaps as in
+    :class:`~clients.sync.InferenceClient`.
     """
 
     def __init__(
@@ -48,13 +51,14 @@ class AsyncInferenceClient:
         max_message_bytes: int = convert.DEFAULT_MAX_MESSAGE_BYTES,
         token: str | None = None,
     ) -> None:
+        convert.check_name(url, "url")
+        self.timeout = convert.check_timeout(timeout)
         self._interceptors: list[Any] | None = [AioBearerToken(token)] if token else None
         self._options = convert.channel_options(max_message_bytes)
         self._credentials: grpc.ChannelCredentials | None = None
         if ssl or root_certificates is not None or private_key is not None:
             self._credentials = convert.tls_credentials(root_certificates, private_key, certificate_chain)
         self.url = url
-        self.timeout = timeout
         # The channel belongs to the event loop it is made on, so it is made on first use
         # (inside the caller's loop), not here: a client may be built before the loop runs.
         self._channel: grpc.aio.Channel | None = None
@@ -119,7 +123,7 @@ class AsyncInferenceClient:
             self._stubs = None
 
     def _timeout(self, timeout: float | None) -> float | None:
-        return self.timeout if timeout is None else timeout
+        return self.timeout if timeout is None else convert.check_timeout(timeout)
 
     # Health -----------------------------------------------------------------------------------
 
@@ -141,18 +145,19 @@ class AsyncInferenceClient:
 
     async def model_ready(self, model: str, version: str = "", *, timeout: float | None = None) -> bool:
         """Whether one model (version) is loaded and ready."""
+        request = grpc_service_pb2.ModelReadyRequest(
+            name=convert.check_name(model, "model"), version=convert.check_name(version, "version")
+        )
         try:
-            request = grpc_service_pb2.ModelReadyRequest(name=model, version=version)
             return bool((await self._inference.ModelReady(request, timeout=self._timeout(timeout))).ready)
         except grpc.RpcError as error:
             raise_error(error)
 
     async def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """The grpc.health.v1 status of ``service`` ("" is the whole server), e.g. ``"SERVING"``."""
+        request = health_pb2.HealthCheckRequest(service=convert.check_name(service, "service"))
         try:
-            response = await self._health.Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=self._timeout(timeout)
-            )
+            response = await self._health.Check(request, timeout=self._timeout(timeout))
         except grpc.RpcError as error:
             raise_error(error)
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
@@ -183,8 +188,11 @@ class AsyncInferenceClient:
     async def model_metadata(
         self, model: str, version: str = "", *, timeout: float | None = None, refresh: bool = False
     ) -> ModelMetadata:
-        """The model's inputs and outputs; cached per (model, version) unless ``refresh``."""
-        key = (model, version)
+        """The model's inputs and outputs; cached per (model, version) unless ``refresh``.
+
+        The cache is dropped when the server shows that it replaced the version.
+        """
+        key = (convert.check_name(model, "model"), convert.check_name(version, "version"))
         if refresh or key not in self._metadata:
             try:
                 request = grpc_service_pb2.ModelMetadataRequest(name=model, version=version)
@@ -198,8 +206,10 @@ class AsyncInferenceClient:
         self, model: str, version: str = "", *, timeout: float | None = None
     ) -> model_config_pb2.ModelConfig:
         """The model's configuration (Triton ModelConfig: batching, instances, tensors)."""
+        request = grpc_service_pb2.ModelConfigRequest(
+            name=convert.check_name(model, "model"), version=convert.check_name(version, "version")
+        )
         try:
-            request = grpc_service_pb2.ModelConfigRequest(name=model, version=version)
             return (await self._inference.ModelConfig(request, timeout=self._timeout(timeout))).config
         except grpc.RpcError as error:
             raise_error(error)
@@ -221,12 +231,12 @@ class AsyncInferenceClient:
         bare array is the model's only input. They are checked against the model's
         metadata before anything is sent. ``outputs`` picks outputs (default: all).
         """
-        checked = convert.check_inputs(await self.model_metadata(model, version, timeout=timeout), inputs)
-        request = convert.infer_request(model, checked, outputs, version)
-        try:
-            response = await self._inference.ModelInfer(request, timeout=self._timeout(timeout))
-        except grpc.RpcError as error:
-            raise_error(error)
+        names = convert.check_outputs(outputs)
+
+        def build(metadata: ModelMetadata) -> grpc_service_pb2.ModelInferRequest:
+            return convert.infer_request(model, convert.check_inputs(metadata, inputs), names, version)
+
+        response = await self._infer_with_metadata(model, version, build, timeout)
         return convert.infer_response_arrays(response)
 
     async def classify(
@@ -253,15 +263,72 @@ class AsyncInferenceClient:
                 response = await self._images.Classify(images_request, timeout=self._timeout(timeout))
             except grpc.RpcError as error:
                 raise_error(error)
+            self._note_answer((response.model_name, plan.version), response.model_version)
             from_images = convert.classifications_from_proto(response)
         from_tensors: list[Classification] = []
         if plan.tensors:
-            metadata = await self.model_metadata(plan.tensor_model(), version, timeout=timeout)
-            infer_request = plan.tensor_request(metadata)
-            try:
-                call = self._inference.ModelInfer(infer_request, timeout=self._timeout(timeout))
-                infer_response = await call
-            except grpc.RpcError as error:
-                raise_error(error)
-            from_tensors = convert.classifications_from_tensors(infer_response, top_k)
+            infer_response = await self._infer_with_metadata(
+                plan.tensor_model(), plan.version, plan.tensor_request, timeout
+            )
+            from_tensors = convert.classifications_from_tensors(infer_response, plan.top_k)
         return plan.results(from_images, from_tensors)
+
+    # Metadata freshness (the same rules as the synchronous client) --------------------------------
+
+    def _note_answer(self, key: tuple[str, str], version: str) -> None:
+        """Drop cached metadata that an answer from model ``version`` shows to be out of date."""
+        cached = self._metadata.get(key)
+        if cached is not None and convert.answered_by_another_version(cached, version):
+            self._metadata.pop(key, None)
+
+    async def _infer_with_metadata(
+        self,
+        model: str,
+        version: str,
+        build: Callable[[ModelMetadata], grpc_service_pb2.ModelInferRequest],
+        timeout: float | None,
+    ) -> grpc_service_pb2.ModelInferResponse:
+        """ModelInfer of the request that ``build`` makes from the model's metadata, kept fresh."""
+        key = (convert.check_name(model, "model"), convert.check_name(version, "version"))
+        was_cached = key in self._metadata
+        metadata = await self.model_metadata(model, version, timeout=timeout)
+        request: grpc_service_pb2.ModelInferRequest | None = None
+        try:
+            request = build(metadata)
+        except InvalidArgumentError:
+            if not was_cached:
+                raise
+        if request is None:
+            # Refused by cached metadata: it may describe a version the server has replaced.
+            metadata = await self.model_metadata(model, version, timeout=timeout, refresh=True)
+            request = build(metadata)
+        try:
+            response = await self._inference.ModelInfer(request, timeout=self._timeout(timeout))
+        except grpc.RpcError as exc:
+            error = exc
+        else:
+            self._note_answer(key, response.model_version)
+            return response
+        fresh = await self._changed_metadata(error, key, metadata, timeout)
+        if fresh is None:
+            raise_error(error)
+        request = build(fresh)
+        try:
+            response = await self._inference.ModelInfer(request, timeout=self._timeout(timeout))
+        except grpc.RpcError as exc:
+            raise_error(exc)
+        self._note_answer(key, response.model_version)
+        return response
+
+    async def _changed_metadata(
+        self, error: grpc.RpcError, key: tuple[str, str], used: ModelMetadata, timeout: float | None
+    ) -> ModelMetadata | None:
+        """Fresh metadata if ``error`` may come from ``used`` being out of date and it differs; else None."""
+        if error.code() not in convert.STALE_METADATA_CODES:
+            return None
+        self._metadata.pop(key, None)
+        try:
+            fresh = await self.model_metadata(*key, timeout=timeout)
+        except InferenceServerError:
+            return None
+        return fresh if fresh != used else None

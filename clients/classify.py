@@ -6,7 +6,8 @@
     python -m clients.classify --server 127.0.0.1:8001 --model lenet *.png --json
 
 Exit status: 0 on success, 1 when the server answers with an error (its status
-code and message are printed on stderr), 2 for bad arguments or unreadable files.
+code and message are printed on stderr), 2 for bad arguments or unreadable files
+(image or TLS files), which the client refuses before sending anything.
 """
 
 from __future__ import annotations
@@ -108,11 +109,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         ) as client:
             results = client.classify(images, model=args.model, top_k=args.top_k, version=args.version)
     except InferenceServerError as exc:
+        if exc.local:  # refused before sending: a bad argument, not the server's answer
+            print(f"error: {exc.message}", file=sys.stderr)
+            return 2
         print(f"error: {exc.status}: {exc.message}", file=sys.stderr)
         return 1
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     print(to_json(args.images, results) if args.json else format_table(args.images, results))
     return 0
 

@@ -7,17 +7,18 @@ client share it and differ only in how they await the RPC.
 from __future__ import annotations
 
 import io
+import numbers
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeAlias, Union
+from typing import Any, TypeAlias, TypeGuard, Union
 
 import grpc
 import numpy as np
 from PIL import Image
 
-from clients.errors import invalid_argument
+from clients.errors import invalid_argument, unreadable_answer
 from clients.types import Classification, ClassScore, ModelIndexEntry, ModelMetadata, TensorMetadata
 from modelrepo.config import DATATYPES
 from protocol import grpc_service_pb2, image_classification_pb2
@@ -30,6 +31,75 @@ ImageLike: TypeAlias = Union[str, "os.PathLike[str]", bytes, Image.Image, np.nda
 
 _KSERVE_OF_NUMPY = {np.dtype(numpy_name): kserve for kserve, numpy_name in DATATYPES.items()}
 
+#: Answers that metadata cached before a model swap would explain: the version it describes is
+#: gone (NOT_FOUND), or the new version takes other inputs or outputs (INVALID_ARGUMENT).
+STALE_METADATA_CODES = frozenset({grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT})
+
+
+def _described(value: object) -> str:
+    """``value`` for a message: its repr, cut short, and its type."""
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+_NAME_EXAMPLES = {
+    "model": "a model name such as 'lenet'",
+    "version": "a version such as '2', or '' for the latest",
+    "service": "a model name, or '' for the whole server",
+    "url": "'HOST:PORT'",
+}
+
+
+def check_name(value: object, what: str, *, optional: bool = False) -> str:
+    """``value`` if it is a string (a model name, version, ...); else InvalidArgumentError.
+
+    ``optional`` lets None through, as "".
+    """
+    if value is None and optional:
+        return ""
+    if not isinstance(value, str):
+        example = _NAME_EXAMPLES.get(what, "a string")
+        raise invalid_argument(f"{what} is {_described(value)}; expected {example}")
+    return value
+
+
+def check_top_k(top_k: object) -> int:
+    """``top_k`` as an int >= 1; else InvalidArgumentError."""
+    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral):
+        raise invalid_argument(f"top_k is {_described(top_k)}; expected an int >= 1")
+    if top_k < 1:
+        raise invalid_argument(f"top_k is {top_k}; expected >= 1")
+    return int(top_k)
+
+
+def check_timeout(timeout: object) -> float | None:
+    """``timeout`` as seconds (a positive number) or None; else InvalidArgumentError."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not float(timeout) > 0:
+        raise invalid_argument(f"timeout is {_described(timeout)}; expected seconds > 0, or None")
+    return float(timeout)
+
+
+def check_outputs(outputs: object) -> tuple[str, ...]:
+    """Output names: a sequence of strings, or one string; else InvalidArgumentError."""
+    if isinstance(outputs, str):
+        return (outputs,)
+    if not isinstance(outputs, Iterable):
+        raise invalid_argument(f"outputs is {_described(outputs)}; expected a sequence of output names")
+    names = tuple(outputs)
+    for name in names:
+        if not isinstance(name, str):
+            raise invalid_argument(f"output name {_described(name)} is not a string; expected output names")
+    return names
+
+
+def answered_by_another_version(metadata: ModelMetadata, version: str) -> bool:
+    """Whether an answer from model ``version`` shows that ``metadata`` describes a replaced version."""
+    return bool(version) and version not in metadata.versions
+
 
 def channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[tuple[str, Any]]:
     """Channel options: message caps that match the server's, so big batches are not cut off."""
@@ -39,10 +109,17 @@ def channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[
     ]
 
 
-def _read_pem(value: bytes | str | os.PathLike[str] | None) -> bytes | None:
+def _read_pem(value: bytes | str | os.PathLike[str] | None, what: str) -> bytes | None:
     if value is None or isinstance(value, bytes):
         return value
-    return Path(value).read_bytes()
+    if not isinstance(value, str | os.PathLike):
+        raise invalid_argument(f"{what} is {_described(value)}; expected PEM bytes or the path of a PEM file")
+    try:
+        return Path(value).read_bytes()
+    except OSError as exc:
+        raise invalid_argument(
+            f"{what} file {os.fspath(value)!r} cannot be read: {exc.strerror or exc}; expected a PEM file"
+        ) from None
 
 
 def tls_credentials(
@@ -56,11 +133,11 @@ def tls_credentials(
     ``certificate_chain`` together for mutual TLS.
     """
     if (private_key is None) != (certificate_chain is None):
-        raise ValueError("private_key and certificate_chain must be given together for client TLS")
+        raise invalid_argument("private_key and certificate_chain must be given together for client TLS")
     return grpc.ssl_channel_credentials(
-        root_certificates=_read_pem(root_certificates),
-        private_key=_read_pem(private_key),
-        certificate_chain=_read_pem(certificate_chain),
+        root_certificates=_read_pem(root_certificates, "root_certificates"),
+        private_key=_read_pem(private_key, "private_key"),
+        certificate_chain=_read_pem(certificate_chain, "certificate_chain"),
     )
 
 
@@ -104,6 +181,10 @@ def check_inputs(
     """
     model = metadata.name
     expected = [t.name for t in metadata.inputs]
+    if not isinstance(inputs, np.ndarray | Mapping):
+        raise invalid_argument(
+            f"inputs is {_described(inputs)}; expected a numpy array or a dict of input name -> numpy array"
+        )
     if isinstance(inputs, np.ndarray):
         if len(metadata.inputs) != 1:
             raise invalid_argument(
@@ -121,7 +202,12 @@ def check_inputs(
             raise invalid_argument(f"input {name!r} is not an input of model {model!r}; expected {wanted}")
     checked = []
     for spec in metadata.inputs:
-        array = np.asarray(inputs[spec.name])
+        array = inputs[spec.name]
+        if not isinstance(array, np.ndarray):
+            raise invalid_argument(
+                f"input {spec.name!r} is {_described(array)}; model {model!r} expects a numpy array "
+                f"of {spec.datatype} ({DATATYPES.get(spec.datatype, '?')})"
+            )
         datatype = kserve_datatype(array.dtype)
         if datatype != spec.datatype:
             raise invalid_argument(
@@ -172,7 +258,7 @@ def infer_response_arrays(response: grpc_service_pb2.ModelInferResponse) -> dict
     for i, tensor in enumerate(response.outputs):
         numpy_name = DATATYPES.get(tensor.datatype)
         if numpy_name is None:
-            raise ValueError(
+            raise unreadable_answer(
                 f"output {tensor.name!r} has datatype {tensor.datatype!r}, which numpy cannot hold"
             )
         dtype = np.dtype(numpy_name).newbyteorder("<")
@@ -200,35 +286,60 @@ def encode_png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def is_tensor(item: object) -> bool:
+def is_tensor(item: object) -> TypeGuard[np.ndarray]:
     """True for an already-preprocessed CHW (or NCHW) floating-point array."""
     return isinstance(item, np.ndarray) and item.dtype.kind == "f"
 
 
-def encode_image(item: ImageLike) -> bytes:
-    """Encoded image bytes for a path, bytes, PIL image, or HxW / HxWxC uint8 array."""
+def _read_image_file(path: str | os.PathLike[str], index: int) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise invalid_argument(
+            f"image {index} ({os.fspath(path)!r}) cannot be read: {exc.strerror or exc}; "
+            "expected the path of an image file"
+        ) from None
+
+
+def _encode_pil(image: Image.Image, index: int) -> bytes:
+    try:
+        return encode_png(image)
+    except (OSError, ValueError) as exc:
+        # Modes PNG cannot hold (CMYK, F, ...) and lazily loaded files that turn out truncated.
+        raise invalid_argument(
+            f"image {index} (PIL image, mode {image.mode}, {image.width}x{image.height}) cannot be "
+            f"encoded as PNG: {exc}; expected an L, LA, RGB, RGBA, P, I or 1 image that loads"
+        ) from None
+
+
+def encode_image(item: ImageLike, index: int = 0) -> bytes:
+    """Encoded image bytes for a path, bytes, PIL image, or HxW / HxWxC uint8 array.
+
+    ``index`` is the image's place in the call, for the messages. Anything else, or a file that
+    cannot be read, raises :class:`~clients.errors.InvalidArgumentError`.
+    """
     if isinstance(item, bytes):
         return item
     if isinstance(item, str | os.PathLike):
-        return Path(item).read_bytes()
+        return _read_image_file(item, index)
     if isinstance(item, Image.Image):
-        return encode_png(item)
+        return _encode_pil(item, index)
     if isinstance(item, np.ndarray):
         if item.dtype != np.uint8:
             raise invalid_argument(
-                f"image array has dtype {item.dtype}; expected uint8 HxW or HxWxC pixels, "
+                f"image {index} is an array of dtype {item.dtype}; expected uint8 HxW or HxWxC pixels, "
                 "or a float32 CHW tensor that is already preprocessed"
             )
         if item.ndim == 3 and item.shape[2] == 1:
             item = item[:, :, 0]
         if not (item.ndim == 2 or (item.ndim == 3 and item.shape[2] in (3, 4))):
             raise invalid_argument(
-                f"image array has shape {list(item.shape)}; expected HxW, HxWx1, HxWx3 or HxWx4 uint8 pixels"
+                f"image {index} is an array of shape {list(item.shape)}; "
+                "expected HxW, HxWx1, HxWx3 or HxWx4 uint8 pixels"
             )
         return encode_png(Image.fromarray(item))
-    raise TypeError(
-        f"image of type {type(item).__name__} is not supported; expected a path, bytes, "
-        "a PIL image or a numpy array"
+    raise invalid_argument(
+        f"image {index} is {_described(item)}; expected a path, bytes, a PIL image or a numpy array"
     )
 
 
@@ -238,8 +349,8 @@ def split_images(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:
         if is_tensor(images) and images.ndim == 4:
             return list(images)
         return [images]
-    if isinstance(images, str | bytes | os.PathLike | Image.Image):
-        return [images]
+    if isinstance(images, str | bytes | os.PathLike | Image.Image) or not isinstance(images, Iterable):
+        return [images]  # not an image: encode_image says what it is
     return list(images)
 
 
@@ -273,7 +384,7 @@ class ClassifyPlan:
     """
 
     encoded: list[tuple[int, bytes]]
-    tensors: list[tuple[int, ImageLike]]
+    tensors: list[tuple[int, np.ndarray]]
     model: str | None
     top_k: int
     version: str
@@ -282,11 +393,22 @@ class ClassifyPlan:
     def make(
         cls, images: ImageLike | Sequence[ImageLike], model: str | None, top_k: int, version: str
     ) -> ClassifyPlan:
-        if top_k < 1:
-            raise ValueError(f"top_k is {top_k}; expected >= 1")
+        top_k = check_top_k(top_k)
+        model = check_name(model, "model", optional=True) or None
+        version = check_name(version, "version")
         items = split_images(images)
-        encoded = [(i, encode_image(item)) for i, item in enumerate(items) if not is_tensor(item)]
+        encoded = [(i, encode_image(item, i)) for i, item in enumerate(items) if not is_tensor(item)]
         tensors = [(i, item) for i, item in enumerate(items) if is_tensor(item)]
+        if tensors and not model:
+            raise invalid_argument(
+                f"image {tensors[0][0]} is a preprocessed tensor, which needs model=NAME; "
+                "the server's default model takes encoded images only"
+            )
+        if len({t.shape for _, t in tensors}) > 1:
+            listed = ", ".join(f"image {i}: {_dims(t.shape)}" for i, t in tensors)
+            raise invalid_argument(
+                f"preprocessed tensors have different shapes ({listed}); expected one shape"
+            )
         return cls(encoded, tensors, model, top_k, version)
 
     def classify_request(self) -> image_classification_pb2.ClassifyRequest:
@@ -294,15 +416,15 @@ class ClassifyPlan:
         return classify_request([data for _, data in self.encoded], self.model, self.top_k, self.version)
 
     def tensor_model(self) -> str:
-        """The model the tensors go to; raises ValueError when the call named none."""
-        if not self.model:
-            raise ValueError("classify of preprocessed tensors needs model=NAME")
-        return self.model
+        """The model the tensors go to (:meth:`make` refuses tensors without one)."""
+        return self.model or ""
 
     def tensor_request(self, metadata: ModelMetadata) -> grpc_service_pb2.ModelInferRequest:
         """The ModelInfer request for the tensors, checked against the model's metadata."""
         batch = np.stack([np.asarray(t) for _, t in self.tensors])
         checked = check_inputs(metadata, batch)
+        if not metadata.outputs:
+            raise unreadable_answer(f"model {metadata.name!r} has no outputs in its metadata")
         output = metadata.outputs[0].name
         return classify_tensor_request(self.tensor_model(), checked, output, self.top_k, self.version)
 
@@ -351,7 +473,9 @@ def classifications_from_tensors(
 ) -> list[Classification]:
     """Classifications from the answer to :func:`classify_tensor_request`."""
     if len(response.outputs) != 2 or len(response.raw_output_contents) != 2:
-        raise ValueError(f"expected 2 raw outputs (logits, classes); the server sent {len(response.outputs)}")
+        raise unreadable_answer(
+            f"expected 2 raw outputs (logits, classes); the server sent {len(response.outputs)}"
+        )
     logits_meta = response.outputs[0]
     logits = np.frombuffer(response.raw_output_contents[0], dtype="<f4").reshape(tuple(logits_meta.shape))
     labels: dict[int, str] = {}

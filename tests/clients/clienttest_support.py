@@ -115,3 +115,47 @@ def server_in_thread(settings: Any) -> Iterator[tuple[str, Any]]:
         loop.call_soon_threadsafe(holder["stop"].set)
         thread.join(30)
         loop.close()
+
+
+def publish_version(
+    repository: Path,
+    scratch: Path,
+    name: str,
+    *,
+    side: int,
+    labels: tuple[str, ...],
+    input_name: str = "input",
+    output_name: str = "logits",
+) -> np.ndarray:
+    """Publish the next version of ``name``: logits = flatten(x) @ W, with W returned.
+
+    For the model swap tests, where a new version takes another input shape or name, or
+    returns other classes.
+    """
+    weights = np.random.default_rng(len(labels) * 100 + side).standard_normal((side * side, len(labels)))
+    weights = weights.astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Flatten", [input_name], ["flat"], axis=1),
+            helper.make_node("MatMul", ["flat", "W"], [output_name]),
+        ],
+        name,
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["N", 1, side, side])],
+        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["N", len(labels)])],
+        initializer=[numpy_helper.from_array(weights, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    model_file = scratch / f"{name}-{side}-{len(labels)}-{input_name}.onnx"
+    onnx.save(model, str(model_file))
+    config = ModelConfig(
+        name=name,
+        input=TensorSpec(input_name, "FP32", (1, side, side)),
+        output=TensorSpec(output_name, "FP32", (len(labels),)),
+        labels=labels,
+        preprocessing=Preprocessing(height=side, width=side, channels=1, mean=(0.5,), std=(0.5,)),
+        batching=BatchingConfig(max_batch_size=8, max_queue_delay_us=100),
+    )
+    publish(repository, config, model_file, {"source": "tests/clients"})
+    return weights

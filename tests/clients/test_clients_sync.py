@@ -177,7 +177,7 @@ def test_unreachable_server_is_unavailable() -> None:
 
 
 def test_bad_image_array_is_refused_before_sending(client: InferenceClient) -> None:
-    with pytest.raises(InferenceServerError, match=r"image array has shape \[4, 4, 2\]"):
+    with pytest.raises(InferenceServerError, match=r"image 0 is an array of shape \[4, 4, 2\]"):
         client.classify(np.zeros((4, 4, 2), np.uint8), model="tiny")
     with pytest.raises(ValueError, match="top_k is 0"):
         client.classify(np.zeros((4, 4), np.uint8), model="tiny", top_k=0)
