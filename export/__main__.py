@@ -51,7 +51,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--init",
         default="auto",
         choices=["auto", "pretrained", "random"],
-        help="torchvision models: auto uses ImageNet weights if present, else random with a warning",
+        help="torchvision models: auto uses ImageNet weights if present, else random with a warning "
+        "(--list shows which, on this machine)",
     )
     parser.add_argument(
         "--weights-file", type=Path, help="ImageNet checkpoint (state dict) to fine-tune from"
@@ -77,16 +78,20 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
     import torch
 
     from export.models import get_spec, list_models
-    from export.pipeline import ExportOptions, export_model
+    from export.pipeline import ExportOptions, export_model, plan_weights
 
     if args.list:
+        if args.weights_file is not None:
+            parser.error("--weights-file applies to the one model being exported, not to --list")
         for name in list_models():
             spec = get_spec(name)
             with torch.device("meta"):  # shapes only: no memory, no initialisation cost
                 params = sum(p.numel() for p in spec.build().parameters())
+            # What an export with this --init would start from on this machine, not what it could.
             print(
-                f"{name:<18} {spec.source:<22} {params:>12,d} params  "
-                f"{spec.channels}x{spec.image_size}x{spec.image_size}"
+                f"{name:<18} {spec.source:<24} {params:>12,d} params  "
+                f"{spec.channels}x{spec.image_size}x{spec.image_size:<4} "
+                f"weights: {plan_weights(spec, args.init).describe(where=True)}"
             )
         return 0
     if args.all:

@@ -20,7 +20,14 @@ import torch
 
 import modelrepo
 from export.data import load_dataset
-from export.models import ModelSpec, WeightsNotFoundError, find_weights, get_spec, load_pretrained
+from export.models import (
+    ModelSpec,
+    PretrainedWeights,
+    WeightsNotFoundError,
+    find_weights,
+    get_spec,
+    load_pretrained,
+)
 from export.onnx_export import INPUT_NAME, OPSET, OUTPUT_NAME, TRACE_BATCH, export_onnx
 from export.parity import check_parity, ort_predict, ort_session, require_parity
 from export.plots import confusion_matrix, plot_confusion_matrix, plot_training_curves
@@ -71,21 +78,84 @@ def _library_versions() -> dict[str, str]:
     return versions
 
 
-def _initialise(model: torch.nn.Module, spec: ModelSpec, options: ExportOptions) -> str:
-    """Load pretrained weights as ``options.init`` asks; return how the model was initialised."""
-    if spec.weights is None or options.init == "random":
-        if options.init == "pretrained":
-            raise ValueError(f"model {spec.name!r} is a {spec.source}; it has no pretrained weights")
+@dataclass(frozen=True)
+class WeightsPlan:
+    """How an export initialises a model on this machine: the checkpoint it loads, or why none.
+
+    Made once by :func:`plan_weights`, so that what ``--list`` announces, what the export does
+    and what its metadata says cannot disagree.
+    """
+
+    #: The ImageNet weights the architecture can start from; None for seed architectures.
+    weights: PretrainedWeights | None
+    #: The checkpoint to load; None means random initialisation.
+    checkpoint: Path | None = None
+    #: True when ``checkpoint`` is the user's ``--weights-file``, not torchvision's cache entry.
+    from_file: bool = False
+    #: Where pretrained weights were looked for and not found.
+    missing: Path | None = None
+    #: Why the export must stop before training (``--init pretrained`` that cannot be honoured).
+    error: Exception | None = None
+
+    @property
+    def pretrained(self) -> bool:
+        """Whether the model starts from a pretrained checkpoint."""
+        return self.checkpoint is not None
+
+    def init(self) -> str:
+        """The metadata's ``init``: ``pretrained (ENUM from PATH)``, ``random`` or ``random (why)``."""
+        if self.checkpoint is not None and self.weights is not None:
+            return f"pretrained ({self.weights.enum} from {self.checkpoint})"
+        if self.missing is not None:
+            return f"random (pretrained weights not found at {self.missing})"
         return "random"
+
+    def describe(self, *, where: bool = False) -> str:
+        """What the weights start from, in words: the metadata's ``weights``, and ``--list``.
+
+        ``where`` adds the path at which missing pretrained weights were looked for.
+        """
+        if self.error is not None:
+            return f"none: the export fails ({self.error})"
+        if self.weights is None:
+            return "random initialisation"
+        if self.checkpoint is not None:
+            if self.from_file:
+                return f"checkpoint {self.checkpoint.name} from --weights-file (fine-tuned)"
+            return f"torchvision {self.weights.enum} (fine-tuned)"
+        if self.missing is not None:
+            at = f" at {self.missing}" if where else ""
+            return f"random initialisation (ImageNet weights {self.weights.enum} not found{at})"
+        return "random initialisation (--init random)"
+
+
+def plan_weights(spec: ModelSpec, init: Init = "auto", weights_file: Path | None = None) -> WeightsPlan:
+    """Decide how ``spec`` is initialised: ``init`` as ``--init`` means it, given the files present."""
+    if spec.weights is None:
+        if init == "pretrained":
+            error = ValueError(f"model {spec.name!r} is a {spec.source}; it has no pretrained weights")
+            return WeightsPlan(None, error=error)
+        return WeightsPlan(None)
+    if init == "random":
+        return WeightsPlan(spec.weights)
     try:
-        path = find_weights(spec.weights, options.weights_file)
+        path = find_weights(spec.weights, weights_file)
     except WeightsNotFoundError as exc:
-        if options.init == "pretrained":
-            raise
-        logger.warning("%s: %s; training from random initialisation instead", spec.name, exc)
-        return f"random (pretrained weights not found at {exc.path})"
-    load_pretrained(model, spec.weights, path)
-    return f"pretrained ({spec.weights.enum} from {path})"
+        return WeightsPlan(spec.weights, missing=exc.path, error=exc if init == "pretrained" else None)
+    return WeightsPlan(spec.weights, checkpoint=path, from_file=weights_file is not None)
+
+
+def _initialise(model: torch.nn.Module, spec: ModelSpec, plan: WeightsPlan) -> None:
+    """Load the pretrained weights ``plan`` names, or leave ``model``'s random ones (with a warning)."""
+    if plan.error is not None:
+        raise plan.error
+    if plan.checkpoint is not None and plan.weights is not None:
+        load_pretrained(model, plan.weights, plan.checkpoint)
+    elif plan.missing is not None:
+        logger.warning(
+            "%s: pretrained weights not found at %s; training from random initialisation instead",
+            spec.name, plan.missing,
+        )  # fmt: skip
 
 
 def export_model(name: str, options: ExportOptions) -> modelrepo.ModelVersion | None:
@@ -114,7 +184,8 @@ def export_model(name: str, options: ExportOptions) -> modelrepo.ModelVersion | 
     # and must not depend on what ran before in this process (``--all``) or on torch's default seed.
     seed_everything(options.seed)
     model = spec.build(num_classes=len(data.labels), image_size=size)
-    init = _initialise(model, spec, options)
+    plan = plan_weights(spec, options.init, options.weights_file)
+    _initialise(model, spec, plan)
     config = TrainConfig(
         epochs=options.epochs or defaults.epochs,
         lr=options.lr or defaults.lr,
@@ -128,8 +199,9 @@ def export_model(name: str, options: ExportOptions) -> modelrepo.ModelVersion | 
         progress=options.progress,
     )
     logger.info(
-        "%s: training %s for up to %d epochs at %dx%d (%s)", name, init, config.epochs, size, size, config
-    )
+        "%s: training from %s for up to %d epochs at %dx%d (%s)",
+        name, plan.describe(), config.epochs, size, size, config,
+    )  # fmt: skip
     result = train(model, data, config, desc=name)
     train_seconds = time.monotonic() - started
     test_logits = predict(model, data.test.x, device=options.device)
@@ -162,7 +234,9 @@ def export_model(name: str, options: ExportOptions) -> modelrepo.ModelVersion | 
             "model": name,
             "description": spec.description,
             "source": spec.source,
-            "init": init,
+            "weights": plan.describe(),
+            "pretrained": plan.pretrained,
+            "init": plan.init(),
             "parameters": sum(p.numel() for p in model.parameters()),
             "dataset": {"name": data.name, "splits": data.sizes(), "labels": list(data.labels)},
             "training": {

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -31,20 +32,37 @@ def _verdict(name: str, accuracy: float, minutes: float) -> str:
     return "**missed: " + ", ".join(misses) + "**" if misses else f"yes (>= {target:.0%})"
 
 
+def _provenance(meta: dict[str, Any]) -> tuple[str, str]:
+    """The architecture's source and what the weights started from, as ``metadata.json`` says.
+
+    Metadata written before the ``weights`` field said ``"source": "torchvision pretrained"``
+    even when the weights were random; its ``init`` tells what really happened.
+    """
+    source = str(meta.get("source", "?"))
+    if source == "torchvision pretrained":
+        source = "torchvision architecture"
+    if "weights" in meta:
+        return source, str(meta["weights"])
+    init = str(meta.get("init", "?"))
+    if init.startswith("pretrained"):
+        return source, "pretrained (fine-tuned)"
+    return source, "random initialisation" if init.startswith("random") else init
+
+
 def table(repository: Path) -> str:
     """A Markdown table with one row per model in ``repository`` (its latest version)."""
     rows = [
-        "| model | source | init | parameters | input | epochs | export time | test acc. (ONNX) "
+        "| model | source | weights | parameters | input | epochs | export time | test acc. (ONNX) "
         "| max abs parity diff | top-1 agreement | target met |",
         "|---|---|---|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for name in modelrepo.list_models(repository):
         version = modelrepo.read_version(repository, name, modelrepo.latest_version(repository, name) or 0)
         meta, shape = version.metadata, version.config.input.shape
-        init = str(meta.get("init", "?")).split(" (")[0]
+        source, weights = _provenance(meta)
         accuracy, minutes = meta["test_accuracy"]["onnx"], meta["export_seconds"] / 60
         rows.append(
-            f"| `{name}` | {meta.get('source', '?')} | {init} | {meta.get('parameters', 0):,} "
+            f"| `{name}` | {source} | {weights} | {meta.get('parameters', 0):,} "
             f"| {'x'.join(map(str, shape))} | {meta['training']['epochs_run']} "
             f"| {minutes:.1f} min | {accuracy * 100:.2f}% "
             f"| {meta['parity']['max_abs_diff']:.1e} | {meta['parity']['top1_agreement'] * 100:.0f}% "

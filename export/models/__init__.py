@@ -1,4 +1,4 @@
-"""The model zoo: classic CNNs built from scratch and torchvision architectures fine-tuned to 10 classes.
+"""The model zoo: classic CNNs built from scratch and torchvision architectures with 10-class heads.
 
 ``get_model(name, **config)`` builds a registered model and ``list_models()`` names them;
 ``get_spec(name)`` returns the entry with the model's source, default input and
@@ -83,7 +83,7 @@ def _torchvision(
     # ImageNet weights expect RGB normalised with ImageNet's statistics.
     return register(
         ModelSpec(
-            name, builder, "torchvision pretrained", f"torchvision {name}", size, 3,
+            name, builder, "torchvision architecture", f"torchvision {name}", size, 3,
             IMAGENET_MEAN, IMAGENET_STD, 32, training, weights,
         )
     )  # fmt: skip

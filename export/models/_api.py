@@ -14,7 +14,9 @@ from typing import Literal
 
 from torch import nn
 
-Source = Literal["seed architecture", "torchvision pretrained"]
+#: Where a model's architecture comes from. Where its weights come from is decided per export
+#: (pretrained ImageNet weights are used only when present): see ``export.pipeline.plan_weights``.
+Source = Literal["seed architecture", "torchvision architecture"]
 
 #: Channel statistics of ImageNet, which the pretrained torchvision weights expect.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from export_testlib import E2E_TRAIN_SAMPLES, Exported
+from export_testlib import E2E_TRAIN_SAMPLES, ROOT, Exported
 from PIL import Image
 from torchvision import models as tvm
 
@@ -25,7 +27,37 @@ def test_list_shows_every_model_once(capsys: pytest.CaptureFixture[str]) -> None
     assert [line.split()[0] for line in lines] == list_models()
     lenet = next(line for line in lines if line.startswith("lenet "))
     assert "seed architecture" in lenet and "61,706" in lenet and "1x28x28" in lenet
-    assert "torchvision pretrained" in next(line for line in lines if line.startswith("resnet18 "))
+    assert lenet.endswith("weights: random initialisation")
+    assert "torchvision architecture" in next(line for line in lines if line.startswith("resnet18 "))
+
+
+def _list_line(name: str, capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    assert run_main("--list", *args) == 0
+    return next(line for line in capsys.readouterr().out.splitlines() if line.split()[0] == name)
+
+
+def test_list_says_what_the_weights_start_from_on_this_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cached = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    line = _list_line("resnet18", capsys)
+    assert "pretrained" not in line
+    missing = f"ImageNet weights ResNet18_Weights.IMAGENET1K_V1 not found at {cached}"
+    assert line.endswith(f"weights: random initialisation ({missing})")
+    assert "the export fails (pretrained weights not found at" in _list_line(
+        "resnet18", capsys, "--init", "pretrained"
+    )
+    assert "the export fails" in _list_line("lenet", capsys, "--init", "pretrained")
+
+    cached.parent.mkdir(parents=True)
+    torch.save(tvm.resnet18().state_dict(), cached)
+    assert _list_line("resnet18", capsys).endswith(
+        "weights: torchvision ResNet18_Weights.IMAGENET1K_V1 (fine-tuned)"
+    )
+    assert _list_line("resnet18", capsys, "--init", "random").endswith(
+        "weights: random initialisation (--init random)"
+    )
 
 
 def run_main(*args: str) -> int:
@@ -111,6 +143,7 @@ def test_lenet_end_to_end_config_and_metadata(lenet_export: Exported) -> None:
 
     assert meta["model_sha256"] == modelrepo.file_sha256(version.model_path)
     assert meta["source"] == "seed architecture" and meta["init"] == "random"
+    assert meta["weights"] == "random initialisation" and meta["pretrained"] is False
     assert meta["dataset"]["name"] == "digits"
     assert meta["dataset"]["splits"] == {"train": E2E_TRAIN_SAMPLES, "val": 270, "test": 360}
     assert meta["training"]["epochs_run"] == 1 and meta["seed"] == 0
@@ -159,8 +192,55 @@ def test_fine_tune_from_weights_file_records_the_init(tmp_path: Path) -> None:
     meta = json.loads((repo / "resnet18" / "1" / "metadata.json").read_text())
     assert meta["init"].startswith("pretrained (ResNet18_Weights.IMAGENET1K_V1 from ")
     assert str(weights) in meta["init"]
-    assert meta["source"] == "torchvision pretrained"
+    assert meta["source"] == "torchvision architecture"
+    assert meta["weights"] == "checkpoint resnet18-imagenet.pth from --weights-file (fine-tuned)"
+    assert meta["pretrained"] is True
     assert modelrepo.read_version(repo, "resnet18", 1).config.preprocessing.mean == (0.485, 0.456, 0.406)
+
+
+def _table_row(repository: Path, name: str) -> str:
+    """The docs table row of ``name``, from ``scripts/model_table.py`` run the way the docs say."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "model_table.py"), str(repository)],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    header = result.stdout.splitlines()[0]
+    assert header.startswith("| model | source | weights |")
+    return next(row for row in result.stdout.splitlines() if row.startswith(f"| `{name}` |"))
+
+
+def test_torchvision_model_says_where_its_weights_came_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without ImageNet weights the model trains from random ones, and every field says so."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    repo = tmp_path / "repo"
+    quick = ("--epochs", "1", "--max-train-samples", "20", "--image-size", "32", "--repository", str(repo))
+    assert run_main("resnet18", *quick) == 0
+    meta = modelrepo.read_version(repo, "resnet18", 1).metadata
+    assert meta["source"] == "torchvision architecture"
+    assert meta["pretrained"] is False
+    assert (
+        meta["weights"] == "random initialisation (ImageNet weights ResNet18_Weights.IMAGENET1K_V1 not found)"
+    )
+    assert meta["init"].startswith("random (pretrained weights not found at ")
+    assert "torchvision pretrained" not in json.dumps(meta)
+    row = _table_row(repo, "resnet18")
+    assert "| torchvision architecture | random initialisation (ImageNet weights" in row
+
+    # The same command once torchvision's cache holds the checkpoint: fine-tuned, and said so.
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    cached.parent.mkdir(parents=True)
+    torch.save(tvm.resnet18(num_classes=1000).state_dict(), cached)
+    assert run_main("resnet18", *quick) == 0
+    meta = modelrepo.read_version(repo, "resnet18", 2).metadata
+    assert meta["pretrained"] is True
+    assert meta["weights"] == "torchvision ResNet18_Weights.IMAGENET1K_V1 (fine-tuned)"
+    assert meta["init"] == f"pretrained (ResNet18_Weights.IMAGENET1K_V1 from {cached})"
+    assert (
+        "| torchvision architecture | torchvision ResNet18_Weights.IMAGENET1K_V1 (fine-tuned) |"
+        in _table_row(repo, "resnet18")
+    )
 
 
 @pytest.mark.parametrize("flag", ["--epochs", "--image-size", "--max-train-samples"])

@@ -35,7 +35,7 @@ def test_registry_names_the_zoo() -> None:
         assert get_spec(name).weights is None
     for name in TORCHVISION:
         spec = get_spec(name)
-        assert spec.source == "torchvision pretrained"
+        assert spec.source == "torchvision architecture"
         assert spec.channels == 3 and spec.mean == IMAGENET_MEAN
         assert spec.weights is not None
 
