@@ -7,6 +7,7 @@ import io
 import grpc
 import numpy as np
 import pytest
+from image_cases import encode, image_in_mode, psd, tiff_associated_alpha
 from PIL import Image
 from server_testlib import Running
 
@@ -98,6 +99,58 @@ async def test_decompression_bomb_is_refused_before_decoding(running: Running) -
     assert "image 0 is 5000x5000 (25000000 pixels); the server accepts at most 16777216 pixels" in (
         info.value.details() or ""
     )
+
+
+@pytest.mark.parametrize(
+    ("model", "data"),
+    [
+        ("tiny", tiff_associated_alpha()),
+        ("tinyrgb", tiff_associated_alpha()),
+        ("tiny", encode(image_in_mode("LAB"), "TIFF")),
+    ],
+    ids=["La TIFF for L", "La TIFF for RGB", "LAB TIFF for L"],
+)
+async def test_images_pillow_could_not_convert_are_classified(
+    running: Running, model: str, data: bytes
+) -> None:
+    # Pillow has no La -> L / RGB nor LAB -> L conversion; these were INTERNAL errors.
+    response = await running.images.Classify(img_pb.ClassifyRequest(model_name=model, images=[data], top_k=1))
+    loaded = running.models[model]
+    x = preprocess_image(Image.open(io.BytesIO(data)), loaded.config.preprocessing)[None]
+    best = int(np.argmax(softmax(loaded.expected(x))[0]))
+    assert [c.index for c in response.results[0].classes] == [best]
+
+
+def _nan_tiff() -> bytes:
+    pixels = np.full((6, 6), 0.5, dtype=np.float32)
+    pixels[2, 3] = np.nan
+    return encode(Image.fromarray(pixels, "F"), "TIFF")
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            encode(image_in_mode("RGB"), "EPS"),
+            "image 0 is in EPS format, which the server does not decode; "
+            "expected one of JPEG, PNG, BMP, GIF, WEBP, TIFF, PPM",
+        ),
+        (psd(), "image 0 is in PSD format, which the server does not decode; expected one of JPEG, PNG"),
+        (encode(image_in_mode("RGB"), "PCX"), "image 0 is in PCX format"),
+        (
+            _nan_tiff(),
+            "image 0 has 1 NaN or infinite float pixels; expected finite values in 0.0..1.0 for RGB",
+        ),
+    ],
+    ids=["EPS", "PSD", "PCX", "NaN float TIFF"],
+)
+async def test_refused_formats_and_pixels_are_invalid_argument(
+    running: Running, data: bytes, message: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await running.images.Classify(img_pb.ClassifyRequest(model_name="tinyrgb", images=[data]))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in (info.value.details() or "")
 
 
 async def test_classify_unknown_model(running: Running) -> None:
