@@ -35,3 +35,7 @@ python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", 
 "${compile[@]}" "$out/tritonclient.in" -o "$out/tritonclient.txt"
 # Triton's perf_analyzer binary (make perf-analyzer): the wheels alone, installed with --no-deps.
 "${compile[@]}" --no-deps "$out/perf-analyzer.in" -o "$out/perf-analyzer.txt"
+
+# The ONNX Runtime pin comes from a temporary file whose random name uv records; name it instead,
+# so that relocking without changes leaves the files byte for byte as they were.
+sed -i "s|-c $same_ort|-c onnxruntime pinned to the onnxruntime-gpu version of dev.txt|" "$out"/*.txt

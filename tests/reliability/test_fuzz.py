@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Iterator
+from typing import TypeVar
 
 import grpc
 import numpy as np
@@ -24,6 +25,7 @@ from protocol import grpc_service_pb2_grpc as pb_grpc
 from protocol import image_classification_pb2 as img_pb
 from protocol import image_classification_pb2_grpc as img_grpc
 
+T = TypeVar("T")
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
 FUZZ = settings(
     max_examples=EXAMPLES,
@@ -43,13 +45,22 @@ DATATYPES = ["FP32", "FP16", "FP64", "INT8", "INT32", "INT64", "UINT8", "BOOL", 
 SHAPES = {"tiny": (1, 8, 8), "tinyrgb": (3, 8, 8), "wide": (1, 16, 16)}
 ITEMSIZE = {"FP32": 4, "FP16": 2, "FP64": 8, "INT8": 1, "INT32": 4, "INT64": 8, "UINT8": 1, "BOOL": 1}
 
-# Mostly real models and no version, so that most requests get past the name checks.
-names = st.one_of(
-    st.sampled_from(["tiny", "tinyrgb", "wide"]),
-    st.sampled_from(["tiny", "tinyrgb", "wide", "", "nope", "../tiny", "tiny/..", "/etc/passwd", "tiny\x00"]),
-    st.text(max_size=40),
+
+def mostly(good: st.SearchStrategy[T], bad: st.SearchStrategy[T], share: int = 9) -> st.SearchStrategy[T]:
+    """``good`` in ``share`` draws of ``share + 1``: most requests must get past the checks before them."""
+    return st.integers(0, share).flatmap(lambda i: bad if i == share else good)
+
+
+# Nine requests in ten name a loaded model and a version it has ("" or "1"), so that they reach
+# the decoders instead of stopping at NOT_FOUND; the rest probe the name and version checks.
+MODELS = ["tiny", "tinyrgb", "wide"]
+names = mostly(
+    st.sampled_from(MODELS),
+    st.sampled_from(["", "nope", "../tiny", "tiny/..", "/etc/passwd", "tiny\x00"]) | st.text(max_size=40),
 )
-versions = st.one_of(st.just(""), st.sampled_from(["", "1", "2", "01", "-1", "1/../x"]), st.text(max_size=10))
+versions = mostly(
+    st.sampled_from(["", "", "1"]), st.sampled_from(["2", "01", "-1", "1/../x"]) | st.text(max_size=10)
+)
 param_values = st.one_of(
     st.builds(lambda v: pb.InferParameter(bool_param=v), st.booleans()),
     st.builds(lambda v: pb.InferParameter(int64_param=v), st.integers(-(2**63), 2**63 - 1)),
@@ -59,6 +70,14 @@ param_values = st.one_of(
 )
 params = st.dictionaries(
     st.sampled_from(["classification", "priority", "timeout", "x", ""]), param_values, max_size=3
+)
+#: A requested output's parameters: mostly none or a valid classification count.
+output_params = mostly(
+    st.dictionaries(
+        st.just("classification"), st.builds(lambda v: pb.InferParameter(int64_param=v), st.integers(1, 6))
+    ),
+    params,
+    share=3,
 )
 
 
@@ -71,21 +90,30 @@ def infer_requests(draw: st.DrawFn) -> pb.ModelInferRequest:
     for key, value in draw(params).items():
         request.parameters[key].CopyFrom(value)
     sample = SHAPES.get(model, (1, 8, 8))
-    n_inputs = draw(st.sampled_from([1, 1, 1, 1, 0, 2]))
+    n_inputs = draw(mostly(st.just(1), st.sampled_from([0, 2])))
     for i in range(n_inputs):
-        datatype = draw(st.sampled_from(["FP32"] * 4 + DATATYPES))
-        if draw(st.booleans()):  # usually a shape that fits, often with a valid batch
-            shape = [draw(st.integers(-2, 20)), *sample]
-        else:
-            shape = draw(st.lists(st.integers(-(2**62), 2**62) | st.integers(-1, 20), max_size=6))
+        datatype = draw(mostly(st.just("FP32"), st.sampled_from(DATATYPES), share=4))
+        # Mostly the model's own sample shape with a batch it accepts, then any batch, then anything.
+        shape = draw(
+            mostly(
+                st.builds(lambda n: [n, *sample], st.integers(1, 4)),
+                st.builds(lambda n: [n, *sample], st.integers(-2, 20))
+                | st.lists(st.integers(-(2**62), 2**62) | st.integers(-1, 20), max_size=6),
+                share=3,
+            )
+        )
         tensor = request.inputs.add(
-            name=draw(st.sampled_from(["input", "input", "x", ""])), datatype=datatype
+            name=draw(mostly(st.just("input"), st.sampled_from(["x", ""]))), datatype=datatype
         )
         tensor.shape.extend(shape)
         for key, value in draw(params).items():
             tensor.parameters[key].CopyFrom(value)
         exact = int(np.prod(shape)) if shape and all(0 <= d <= 64 for d in shape) else 0
-        mode = draw(st.sampled_from(["raw-exact", "raw-exact", "raw-random", "typed", "both", "none"]))
+        mode = draw(
+            st.sampled_from(
+                ["raw-exact", "raw-exact", "raw-exact", "typed-exact", "raw-random", "typed", "both", "none"]
+            )
+        )
         if mode in ("raw-exact", "both"):
             data = draw(st.sampled_from([np.nan, np.inf, 0.0, 1.0, -1e30]))
             request.raw_input_contents.append(
@@ -93,6 +121,10 @@ def infer_requests(draw: st.DrawFn) -> pb.ModelInferRequest:
             )
         elif mode == "raw-random":
             request.raw_input_contents.append(draw(st.binary(max_size=2048)))
+        if mode == "typed-exact":
+            tensor.contents.fp32_contents.extend(
+                draw(st.lists(st.floats(width=32), min_size=exact, max_size=exact))
+            )
         if mode in ("typed", "both"):
             count = draw(st.sampled_from([exact, exact, draw(st.integers(0, 300))]))
             kind = draw(st.sampled_from(["fp32", "int", "int64", "bool", "bytes", "fp64", "uint64"]))
@@ -112,8 +144,8 @@ def infer_requests(draw: st.DrawFn) -> pb.ModelInferRequest:
             else:
                 c.uint64_contents.extend([draw(st.integers(0, 2**64 - 1))] * count)
         if i == 0 and draw(st.booleans()):
-            output = request.outputs.add(name=draw(st.sampled_from(["logits", "logits", "probs", ""])))
-            for key, value in draw(params).items():
+            output = request.outputs.add(name=draw(mostly(st.just("logits"), st.sampled_from(["probs", ""]))))
+            for key, value in draw(output_params).items():
                 output.parameters[key].CopyFrom(value)
     return request
 
@@ -162,13 +194,19 @@ images = st.builds(
     st.sampled_from([0, 0, 0, 1, 10, 40]),
     st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=4),
 ) | st.binary(max_size=200)  # fmt: skip
+#: Images that decode: each format and mode as it was saved.
+clean_images = st.sampled_from(
+    [png_bytes((9, 9)), png_bytes((30, 7), "RGB"), png_bytes((5, 5), "RGB", "JPEG"),
+     png_bytes((4, 4), "P", "GIF"), png_bytes((6, 6), "RGBA", "WEBP"), png_bytes((3, 3), "I;16"),
+     png_bytes((8, 8), "1", "BMP")]
+)  # fmt: skip
 
 
 @FUZZ
 @given(
-    model=st.sampled_from(["tiny", "tinyrgb", "wide", "", "nope", "../x"]),
+    model=mostly(st.sampled_from(MODELS), st.sampled_from(["", "nope", "../x"])),
     version=versions,
-    shots=st.lists(images, max_size=18),
+    shots=mostly(st.lists(clean_images, min_size=1, max_size=4), st.lists(images, max_size=18), share=1),
     top_k=st.integers(-5, 50),
 )
 def test_fuzz_classify(
@@ -179,6 +217,19 @@ def test_fuzz_classify(
         model_name=model, model_version=version, images=shots, top_k=max(0, top_k)
     )
     _assert_clean("classify", stub.Classify, request)
+
+
+def test_fuzzing_reached_the_decoders() -> None:
+    """Most generated requests got past model lookup: decoded and answered, or refused as invalid."""
+    for kind, outcomes in OUTCOMES.items():
+        total = sum(outcomes.values())
+        if total < EXAMPLES:
+            pytest.skip(f"test_fuzz_{kind} did not run in this session")
+        past_lookup = outcomes["OK"] + outcomes["INVALID_ARGUMENT"]
+        figures = f"{kind}: {dict(outcomes)}"
+        assert outcomes["NOT_FOUND"] < total * 0.25, figures
+        assert past_lookup > total * 0.6, figures
+        assert outcomes["OK"] > total * 0.1, figures
 
 
 def test_server_healthy_after_fuzzing(channel: grpc.Channel) -> None:
