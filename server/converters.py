@@ -110,6 +110,12 @@ def tensor_to_array(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | 
         raise InvalidInput(f"input {name!r} has shape {shape_str(shape)}; dimensions must be >= 0")
     # Python integers: np.prod in int64 wraps around for hostile shapes and could match the data.
     count = math.prod(shape)
+    # A zero dimension makes the count 0 whatever the others are; numpy still refuses a shape
+    # whose other dimensions describe more than it can index.
+    if count == 0 and math.prod(max(d, 1) for d in shape) * max(dtype.itemsize, 1) >= 2**63:
+        raise InvalidInput(
+            f"input {name!r} has shape {shape_str(shape)}; its dimensions describe more than 2**63 bytes"
+        )
     if raw is not None:
         if datatype == "BYTES":
             return deserialize_bytes(raw, count, name).reshape(shape)
@@ -179,7 +185,7 @@ def parse_class_count(output: pb.ModelInferRequest.InferRequestedOutputTensor) -
     choice = param.WhichOneof("parameter_choice")
     value: object = getattr(param, choice) if choice else None
     if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
-        value = int(value)
+        value = int(value.strip())
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InvalidInput(
             f"output {output.name!r} has classification parameter {value!r}; expected a positive integer"

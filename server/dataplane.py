@@ -162,6 +162,17 @@ class DataPlane:
         return response
 
     def _image_model(self, name: str, version: str) -> LoadedModel:
+        """The model a Classify request goes to; it must take the FP32 images preprocessing makes."""
+        model = self._find_image_model(name, version)
+        datatype = model.config.input.datatype
+        if datatype != "FP32":
+            raise InvalidInput(
+                f"model {model.name!r} takes {datatype} input; the image service needs a model with an "
+                "FP32 image input (send tensors to ModelInfer instead)"
+            )
+        return model
+
+    def _find_image_model(self, name: str, version: str) -> LoadedModel:
         if name:
             return self.manager.get(name, version)
         if self.settings.default_model:
