@@ -19,12 +19,16 @@ def channel(bad_input_server: ServerThread) -> Iterator[grpc.Channel]:
 
 
 def test_case_ids_are_unique() -> None:
+    """Every bad-input case has its own id."""
     ids = [case.id for case in BAD_INPUTS]
     assert len(ids) == len(set(ids))
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=[c.id for c in BAD_INPUTS])
 def test_bad_input(case: BadInput, channel: grpc.Channel) -> None:
+    """Each bad request of the table gets its documented status and a message naming the problem, and a good
+    request right after succeeds.
+    """
     code, details = call_case_sync(channel, case)
     assert code == case.code, f"{case.id}: got {code.name}: {details}"
     assert case.expect in details, f"{case.id}: {details!r} lacks {case.expect!r}"
@@ -35,6 +39,7 @@ def test_bad_input(case: BadInput, channel: grpc.Channel) -> None:
 
 
 def test_still_serving_after_the_table(channel: grpc.Channel) -> None:
+    """After the whole bad-input table the models still serve and health says SERVING."""
     for case in BAD_INPUTS:
         call_case_sync(channel, case)
     health = health_pb2_grpc.HealthStub(channel)

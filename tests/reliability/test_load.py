@@ -25,6 +25,9 @@ SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "8"))
 
 
 async def test_soak_every_request_accounted_for(fleet: tuple[Path, dict[str, TinyModel]]) -> None:
+    """Under mixed concurrent load every answer equals ONNX Runtime's on that request's input, and every
+    request is answered or refused with an explicit status.
+    """
     repo, models = fleet
     # The server runs on its own loop (thread) so clients and server do not share one loop.
     server = ServerThread(settings_for(repo))
@@ -41,6 +44,9 @@ async def test_soak_every_request_accounted_for(fleet: tuple[Path, dict[str, Tin
 
 
 async def test_overload_refuses_fast_and_recovers(tmp_path: Path) -> None:
+    """Past the queue bound requests get RESOURCE_EXHAUSTED quickly, accepted ones are correct, and the
+    server recovers.
+    """
     repo = tmp_path / "repo"
     publish_slow(
         repo,

@@ -57,6 +57,7 @@ async def _code(call: object) -> grpc.StatusCode:
 async def test_tls_serves_encrypted_and_refuses_plaintext(
     fleet: tuple[Path, dict[str, TinyModel]], pki: Pki
 ) -> None:
+    """With --tls-cert and --tls-key the port serves TLS clients and refuses plaintext ones (UNAVAILABLE)."""
     repo, models = fleet
     server, port = await create_server(
         settings_for(repo, tls_cert=pki.path("server_cert"), tls_key=pki.path("server_key"))
@@ -84,6 +85,7 @@ async def test_tls_serves_encrypted_and_refuses_plaintext(
 async def test_mutual_tls_requires_a_client_certificate_from_the_ca(
     fleet: tuple[Path, dict[str, TinyModel]], pki: Pki
 ) -> None:
+    """With --tls-client-ca, clients without a certificate or with one from another CA fail the handshake."""
     repo, models = fleet
     server, port = await create_server(
         settings_for(
@@ -113,6 +115,9 @@ async def test_mutual_tls_requires_a_client_certificate_from_the_ca(
 
 
 async def test_bad_tls_files_are_startup_errors(fleet: tuple[Path, dict[str, TinyModel]], pki: Pki) -> None:
+    """A missing or non-PEM TLS file, or a certificate without its key, stops start-up with an error naming
+    it.
+    """
     repo, _ = fleet
     missing = pki.directory / "missing.pem"
     with pytest.raises(StartupError, match="cannot read the TLS certificate"):
@@ -139,6 +144,9 @@ async def token_server(fleet: tuple[Path, dict[str, TinyModel]]) -> AsyncIterato
 
 
 async def test_token_required_on_every_rpc_except_health(token_server: tuple[int, TinyModel]) -> None:
+    """With a token, every RPC but health and its streams get UNAUTHENTICATED naming the problem, never
+    echoing the token; reflection is behind it.
+    """
     port, model = token_server
     async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
@@ -208,6 +216,7 @@ async def test_unauthenticated_requests_are_refused_before_they_are_parsed(
 
 
 async def test_token_and_tls_together(fleet: tuple[Path, dict[str, TinyModel]], pki: Pki) -> None:
+    """Token authentication and TLS work together (gRPC access-token call credentials)."""
     repo, models = fleet
     server, port = await create_server(
         settings_for(repo, auth_token=TOKEN, tls_cert=pki.path("server_cert"), tls_key=pki.path("server_key"))
@@ -223,6 +232,9 @@ async def test_token_and_tls_together(fleet: tuple[Path, dict[str, TinyModel]], 
 
 
 def test_token_settings(tmp_path: Path) -> None:
+    """Tokens come from the flag, the environment or a file; empty, short, spaced or doubly given tokens are
+    refused; the token is not in repr(Settings).
+    """
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
     assert settings_from_args(["--auth-token-file", str(token_file)], {}).auth_token == TOKEN
@@ -250,6 +262,7 @@ def test_token_settings(tmp_path: Path) -> None:
 
 
 async def test_model_control_is_off_by_default(fleet: tuple[Path, dict[str, TinyModel]]) -> None:
+    """RepositoryModelLoad/Unload answer PERMISSION_DENIED naming --allow-model-control unless it is given."""
     repo, models = fleet
     server, port = await create_server(settings_for(repo))
     try:
@@ -270,6 +283,7 @@ async def test_model_control_is_off_by_default(fleet: tuple[Path, dict[str, Tiny
 
 
 async def test_model_control_is_behind_the_token(fleet: tuple[Path, dict[str, TinyModel]]) -> None:
+    """With a token, model control also needs it."""
     repo, _ = fleet
     server, port = await create_server(settings_for(repo, auth_token=TOKEN, allow_model_control=True))
     try:
@@ -289,6 +303,9 @@ async def test_model_control_is_behind_the_token(fleet: tuple[Path, dict[str, Ti
 
 
 async def test_names_never_leave_the_repository(tmp_path: Path) -> None:
+    """No model name or version in a request reaches a model outside the repository (traversal, absolute
+    paths, odd versions: INVALID_ARGUMENT or NOT_FOUND).
+    """
     # A real model just outside the repository: no request may reach it.
     from server_testlib import publish_tiny
 
@@ -318,6 +335,7 @@ async def test_names_never_leave_the_repository(tmp_path: Path) -> None:
 
 
 def test_cli_tls_and_token_from_environment(fleet: tuple[Path, dict[str, TinyModel]], pki: Pki) -> None:
+    """python -m server takes TLS files and the token from CNNSERVE_* variables and logs what it enforces."""
     repo, _ = fleet
     env = {
         "CNNSERVE_TLS_CERT": str(pki.path("server_cert")),
