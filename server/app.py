@@ -81,6 +81,19 @@ class InferenceServer:
         await self.plane.shutdown(grace)
         # Admitted inference is done; whatever is left (open streams, metadata calls) gets a short grace.
         await self.grpc_server.stop(max(0.0, min(1.0, grace - (time.monotonic() - started))))
+        for model in self.manager.loaded():
+            s = model.stats
+            # What this process computed, for operators and for tests that check it against clients.
+            logger.info(
+                "final statistics: model %s version %d: %d requests answered, %d failed, "
+                "%d samples computed in %d batches",
+                model.name,
+                model.version,
+                s.success.count,
+                s.fail.count,
+                s.inference_count,
+                s.execution_count,
+            )
         await self.manager.close()
         self.metrics.close()
         logger.info("stopped after %.2fs", time.monotonic() - started)

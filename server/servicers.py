@@ -179,7 +179,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                 while tasks:
-                    await asyncio.gather(*list(tasks))
+                    # wait, not gather: cancelling this reader at shutdown must not cancel the
+                    # admitted requests (they are answered before the stream ends).
+                    await asyncio.wait(list(tasks))
             finally:
                 await results.put(None)
 

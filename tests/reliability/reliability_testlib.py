@@ -25,7 +25,7 @@ import threading
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -235,6 +235,8 @@ class ServerProcess:
         )
         self._ready = threading.Event()
         self.port = 0
+        #: The Prometheus port when the server was started with ``--metrics-port 0`` (or another).
+        self.metrics_port: int | None = None
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         if not self._ready.wait(timeout) or not self.port:
@@ -245,6 +247,9 @@ class ServerProcess:
         assert self.process.stderr is not None
         for line in self.process.stderr:
             self.lines.append(line)
+            metrics = re.search(r"\(metrics on (\d+);", line)
+            if metrics:
+                self.metrics_port = int(metrics.group(1))
             match = re.search(r"ready on port (\d+)", line)
             if match:
                 self.port = int(match.group(1))
@@ -265,10 +270,24 @@ class ServerProcess:
 
     def rss_bytes(self) -> int:
         """Resident memory of the server process (Linux /proc)."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        return 0
+        return _proc_status_bytes(self.pid, "VmRSS")
+
+    def peak_rss_bytes(self) -> int:
+        """The highest resident memory the server process ever had (the kernel's ``VmHWM``).
+
+        Unlike sampling :meth:`rss_bytes`, nothing between two samples can escape it.
+        """
+        return _proc_status_bytes(self.pid, "VmHWM")
+
+    def scrape(self, timeout: float = 10) -> MetricsScrape:
+        """The server's ``/metrics`` now (the process must run with ``--metrics-port``)."""
+        if self.metrics_port is None:
+            raise RuntimeError("the server was started without --metrics-port; its log:\n" + self.log)
+        return scrape_metrics(self.metrics_port, timeout=timeout)
+
+    def final_statistics(self) -> dict[str, FinalStatistics]:
+        """The per-model ``final statistics`` lines the server logged when it stopped."""
+        return final_statistics(self.log)
 
     def terminate(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -282,6 +301,120 @@ class ServerProcess:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+
+
+def _proc_status_bytes(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+# -- server-side accounting ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MetricsScrape:
+    """One reading of a server's ``/metrics``, parsed by ``prometheus_client.parser``."""
+
+    text: str
+    #: (sample name, labels, value) of every sample, e.g. ("cnnserve_request_success_total", ...).
+    samples: tuple[tuple[str, dict[str, str], float], ...]
+
+    def value(self, family: str, **labels: str) -> float:
+        """Sum of ``family``'s samples whose labels include ``labels``; 0 when there are none.
+
+        For a counter the sample is ``<family>_total`` (``_created`` is left out).
+        """
+        names = {family, family + "_total"}
+        return sum(
+            value
+            for name, sample_labels, value in self.samples
+            if name in names and all(sample_labels.get(k) == v for k, v in labels.items())
+        )
+
+    def failures(self, model: str) -> dict[str, int]:
+        """``cnnserve_request_failure`` of ``model`` by reason (only reasons with a count)."""
+        found: Counter[str] = Counter()
+        for name, labels, value in self.samples:
+            if name == "cnnserve_request_failure_total" and labels.get("model") == model and value:
+                found[labels["reason"]] += int(value)
+        return dict(found)
+
+    def model(self, model: str) -> ModelCounters:
+        return ModelCounters(
+            success=int(self.value("cnnserve_request_success", model=model)),
+            failures=self.failures(model),
+            samples=int(self.value("cnnserve_inference_count", model=model)),
+            batches=int(self.value("cnnserve_execution_count", model=model)),
+        )
+
+
+@dataclass(frozen=True)
+class ModelCounters:
+    """What one model's Prometheus counters say: requests answered and failed, samples and batches computed."""
+
+    success: int
+    failures: dict[str, int]
+    samples: int
+    batches: int
+
+    @property
+    def failed(self) -> int:
+        return sum(self.failures.values())
+
+
+def parse_metrics(text: str) -> MetricsScrape:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = tuple(
+        (sample.name, dict(sample.labels), float(sample.value))
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    )
+    return MetricsScrape(text, samples)
+
+
+def scrape_metrics(port: int, host: str = "127.0.0.1", timeout: float = 10) -> MetricsScrape:
+    """GET ``http://host:port/metrics`` and parse it (blocking: call it in a thread from async code)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=timeout) as answer:
+        return parse_metrics(answer.read().decode())
+
+
+@dataclass(frozen=True)
+class FinalStatistics:
+    """One model's ``final statistics`` line, logged by the server as it stops (server/app.py)."""
+
+    model: str
+    version: int
+    answered: int
+    failed: int
+    samples: int
+    batches: int
+
+
+_FINAL_STATISTICS = re.compile(
+    r"final statistics: model (?P<model>\S+) version (?P<version>\d+): (?P<answered>\d+) requests answered, "
+    r"(?P<failed>\d+) failed, (?P<samples>\d+) samples computed in (?P<batches>\d+) batches"
+)
+
+
+def final_statistics(log: str) -> dict[str, FinalStatistics]:
+    """Every ``final statistics`` line in a server log, by model name."""
+    found = {}
+    for match in _FINAL_STATISTICS.finditer(log):
+        g = match.groupdict()
+        found[g["model"]] = FinalStatistics(
+            g["model"],
+            int(g["version"]),
+            int(g["answered"]),
+            int(g["failed"]),
+            int(g["samples"]),
+            int(g["batches"]),
+        )
+    return found
 
 
 def repo_args(repo: Path, *extra: str) -> list[str]:
@@ -416,9 +549,9 @@ TLS_OPTIONS = (("grpc.ssl_target_name_override", "localhost"),)
 # -- malformed requests ----------------------------------------------------------------------------
 
 
-def png_bytes(size: tuple[int, int] = (8, 8), mode: str = "L", fmt: str = "PNG") -> bytes:
+def png_bytes(size: tuple[int, int] = (8, 8), mode: str = "L", fmt: str = "PNG", value: float = 128) -> bytes:
     buffer = io.BytesIO()
-    Image.new(mode, size, 128).save(buffer, format=fmt)
+    Image.new(mode, size, value).save(buffer, format=fmt)
     return buffer.getvalue()
 
 
@@ -588,8 +721,14 @@ BAD_INPUTS: tuple[BadInput, ...] = (
              lambda: _classify([png_bytes(mode="I;16")]), OK, ""),
     BadInput("image-cmyk", "CMYK JPEG for a grayscale model (converted)", "Classify",
              lambda: _classify([png_bytes((9, 7), mode="CMYK", fmt="JPEG")]), OK, ""),
-    BadInput("image-float-tiff", "32-bit float TIFF (mode F)", "Classify",
-             lambda: _classify([png_bytes(mode="F", fmt="TIFF")], model="tinyrgb"), OK, ""),
+    BadInput("image-float-tiff", "32-bit float TIFF (mode F), values 0..1", "Classify",
+             lambda: _classify([png_bytes(mode="F", fmt="TIFF", value=0.5)], model="tinyrgb"), OK, ""),
+    BadInput("image-float-tiff-range", "32-bit float TIFF (mode F), values 128", "Classify",
+             lambda: _classify([png_bytes(mode="F", fmt="TIFF")], model="tinyrgb"), INVALID,
+             "image 0 has float pixels from 128 to 128; expected 0.0..1.0"),
+    BadInput("image-eps", "EPS (PostScript: would run Ghostscript)", "Classify",
+             lambda: _classify([b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n"]), INVALID,
+             "image 0 is in EPS format, which the server does not decode"),
     BadInput("image-model-dotdot", "image request for model '../tiny'", "Classify",
              lambda: _classify([png_bytes()], model="../tiny"), NOT_FOUND, "unknown model '../tiny'"),
     *(
@@ -642,6 +781,12 @@ class Tally:
     samples: int = 0
     latencies: list[float] = field(default_factory=list)
     examples: list[str] = field(default_factory=list)
+    #: Per model: OK answers (correct or wrong) and the samples they held: what the server
+    #: must have counted as answered and computed for that model.
+    answered: Counter[str] = field(default_factory=Counter)
+    answered_samples: Counter[str] = field(default_factory=Counter)
+    #: Per model: requests refused with each status, e.g. ``refused["tiny"]["UNAVAILABLE"]``.
+    refused: dict[str, Counter[str]] = field(default_factory=dict)
 
     @property
     def accounted(self) -> bool:
@@ -659,7 +804,7 @@ class Tally:
 
 def stream_error_code(message: str) -> grpc.StatusCode:
     """The status a ModelStreamInfer ``error_message`` stands for (the stream carries text only)."""
-    if "queue is full" in message:
+    if "queue is full" in message or "(--max-queue-bytes)" in message:
         return EXHAUSTED
     if re.search(r" is (UNAVAILABLE|UNLOADING|LOADING)\b|shutting down|not accepting requests", message):
         return UNAVAILABLE
@@ -690,6 +835,8 @@ async def soak(
 
     async def check(name: str, batch: np.ndarray, response: pb.ModelInferResponse, started: float) -> None:
         tally.latencies.append(time.monotonic() - started)
+        tally.answered[name] += 1
+        tally.answered_samples[name] += len(batch)
         got = output_of(response)
         want = await asyncio.to_thread(reference, name, response.model_version, batch)
         if got.shape == want.shape and np.allclose(got, want, rtol=1e-4, atol=1e-4):
@@ -699,7 +846,8 @@ async def soak(
             tally.wrong += 1
             tally.note(f"wrong answer from {name} v{response.model_version}")
 
-    def failed(code: grpc.StatusCode, details: str) -> None:
+    def failed(name: str, code: grpc.StatusCode, details: str) -> None:
+        tally.refused.setdefault(name, Counter())[code.name] += 1
         if code in allowed:
             tally.rejected[code.name] += 1
         else:
@@ -731,27 +879,35 @@ async def soak(
                     requests = [request] + [infer_request(name, b) for b in batches[1:]]
                     for i, r in enumerate(requests):
                         r.id = str(i)
+                    # Answers that arrived before the stream ended with an error count as answers:
+                    # the server computed them (a shutdown answers what it admitted, then ends the
+                    # stream with UNAVAILABLE); only the requests left without an answer failed.
+                    answers = []
+                    error: grpc.aio.AioRpcError | None = None
                     try:
-                        answers = [a async for a in stub.ModelStreamInfer(iter(requests))]
+                        async for answer in stub.ModelStreamInfer(iter(requests)):
+                            answers.append(answer)
                     except grpc.aio.AioRpcError as exc:
-                        for _ in requests:
-                            failed(exc.code(), "stream call: " + (exc.details() or ""))
-                        continue
+                        error = exc
                     for answer in answers:
                         if answer.error_message:
-                            failed(stream_error_code(answer.error_message), "stream: " + answer.error_message)
+                            code = stream_error_code(answer.error_message)
+                            failed(name, code, "stream: " + answer.error_message)
                         else:
                             await check(
                                 name, batches[int(answer.infer_response.id)], answer.infer_response, started
                             )
                     missing = len(requests) - len(answers)
                     for _ in range(missing):
-                        failed(grpc.StatusCode.UNKNOWN, "stream answer missing")
+                        if error is not None:
+                            failed(name, error.code(), "stream call: " + (error.details() or ""))
+                        else:
+                            failed(name, grpc.StatusCode.UNKNOWN, "stream answer missing")
                     continue
                 try:
                     response = await stub.ModelInfer(request, timeout=30)
                 except grpc.aio.AioRpcError as exc:
-                    failed(exc.code(), exc.details() or "")
+                    failed(name, exc.code(), exc.details() or "")
                     continue
                 await check(name, batch, response, started)
 
@@ -848,3 +1004,226 @@ def random_images(seed: int, count: int) -> list[bytes]:
     return [
         png_bytes((rng.randint(1, 40), rng.randint(1, 40)), rng.choice(["L", "RGB"])) for _ in range(count)
     ]
+
+
+# -- overload with large requests: server memory ----------------------------------------------------
+
+MiB = 2**20
+#: The large-input model: 3x224x224 FP32, 602,112 bytes a sample; requests of LARGE_BATCH samples.
+LARGE_SHAPE = (3, 224, 224)
+LARGE_BATCH = 8
+LARGE_REQUEST_BYTES = LARGE_BATCH * int(np.prod(LARGE_SHAPE)) * 4  # 4,816,896: 4.6 MiB a request
+
+
+@dataclass
+class LargeOverloadReport:
+    """What :func:`large_request_overload` measured; byte counts are the server's, from /proc."""
+
+    max_queue_bytes: int
+    streams: int
+    depth: int
+    request_bytes: int = LARGE_REQUEST_BYTES
+    seconds: float = 0.0
+    offered: int = 0
+    accepted: int = 0
+    #: RESOURCE_EXHAUSTED naming the byte budget (``--max-queue-bytes``).
+    byte_limited: int = 0
+    #: RESOURCE_EXHAUSTED from the request count bound (``queue is full``).
+    count_limited: int = 0
+    other: Counter[str] = field(default_factory=Counter)
+    byte_limit_message: str = ""
+    rss_before: int = 0
+    #: The highest RSS of the server process while the clients ran (the kernel's VmHWM).
+    rss_peak: int = 0
+    #: The highest of the RSS samples taken every 20 ms (a cross-check of ``rss_peak``).
+    rss_sampled_peak: int = 0
+    rss_after: int = 0
+    #: The clients were stopped early because the server's RSS passed ``rss_limit``.
+    stopped_at_rss_limit: bool = False
+    recovery_ok: int = 0
+    recovery_total: int = 0
+    #: The server's final statistics for the model (answered, failed, samples computed).
+    server: FinalStatistics | None = None
+
+    @property
+    def rss_growth(self) -> int:
+        return self.rss_peak - self.rss_before
+
+    def summary(self) -> str:
+        return (
+            f"--max-queue-bytes {self.max_queue_bytes >> 20} MiB, {self.streams} streams x {self.depth} "
+            f"outstanding requests of {self.request_bytes / MiB:.1f} MiB for {self.seconds:.1f} s: offered "
+            f"{self.offered}, accepted {self.accepted}, RESOURCE_EXHAUSTED {self.byte_limited} by bytes / "
+            f"{self.count_limited} by count, other {dict(self.other) or 0}; server RSS before / peak / after "
+            f"{self.rss_before >> 20} / {self.rss_peak >> 20} / {self.rss_after >> 20} MiB"
+            + (" (clients stopped at the RSS limit)" if self.stopped_at_rss_limit else "")
+            + f"; recovery {self.recovery_ok}/{self.recovery_total}"
+        )
+
+
+def large_overload_rss_bound(
+    max_queue_bytes: int,
+    streams: int,
+    *,
+    request_bytes: int = LARGE_REQUEST_BYTES,
+    instances: int = 1,
+    per_stream_requests: int = 6,
+    slack: int = 384 * MiB,
+) -> int:
+    """How much the server's RSS may grow over its idle baseline under :func:`large_request_overload`.
+
+    - queued: at most ``max_queue_bytes`` of input (one request more than the budget only into
+      an empty queue), every queued request held twice (its parsed protobuf message and the
+      bytes of its input that the batch array is made of): ``2 * (max_queue_bytes + request_bytes)``;
+    - computing: one batch per instance, out of the queue: ``2 * request_bytes`` each;
+    - in transit, per stream (``--max-concurrent-rpcs`` bounds the streams): the request the
+      stream read while it waits for a free place of its ``--max-stream-inflight``, the one
+      gRPC is receiving behind it (HTTP/2 flow control lets a busy connection buffer several
+      megabytes), each once as wire bytes and once parsed; a refused request is answered and
+      dropped at once. This is not a setting of the server: ``per_stream_requests`` = 6 is
+      measured (4 to 5 requests' worth per busy stream on 2 cores, 4 to 32 streams);
+    - ``slack``: what the allocator keeps of the memory freed by the stream of refused
+      requests (hundreds of MiB a second), the ONNX Runtime arena, gRPC's buffers.
+
+    Without the byte budget the queue is bounded only by streams x ``--max-stream-inflight``
+    requests: 4 x 64 requests of 4.6 MiB hold 2.3 GiB of input and messages.
+    """
+    return (
+        2 * (max_queue_bytes + request_bytes)
+        + 2 * request_bytes * instances
+        + per_stream_requests * request_bytes * streams
+        + slack
+    )
+
+
+def publish_large(repo: Path, name: str = "large", *, max_queue_size: int = 1024) -> ModelConfig:
+    """A 3x224x224 FP32 model of one small convolution (8 channels): about 30 ms a batch of 8 on
+    one thread, so 4.6 MiB requests arrive faster than it computes them and its queue fills."""
+    return publish_slow(
+        repo,
+        name,
+        layers=1,
+        channels=8,
+        size=LARGE_SHAPE[1],
+        batching=BatchingConfig(
+            max_batch_size=LARGE_BATCH, max_queue_delay_us=0, max_queue_size=max_queue_size
+        ),
+    )
+
+
+async def large_request_overload(
+    repo: Path,
+    *,
+    duration: float,
+    max_queue_bytes: int = 64 * MiB,
+    streams: int = 4,
+    depth: int = 64,
+    rss_limit: int | None = None,
+    recovery_requests: int = 5,
+    env: dict[str, str] | None = None,
+) -> LargeOverloadReport:
+    """Overload ``python -m server`` with large requests; measure its RSS before, at peak, after.
+
+    Publishes :func:`publish_large` into ``repo`` (an empty directory) and starts the server with
+    ``--max-queue-bytes max_queue_bytes``, a request bound of 1024 (so only the byte budget
+    bounds the queue), ``--max-stream-inflight depth`` and ``--max-concurrent-rpcs streams + 8``.
+    ``streams`` clients, each on its own connection, keep ``depth`` requests of
+    :data:`LARGE_BATCH` samples (4.6 MiB) outstanding on one ``ModelStreamInfer`` stream for
+    ``duration`` seconds, sending the next as soon as an answer (or a refusal) arrives. Then
+    ``recovery_requests`` sequential ``ModelInfer`` calls. With ``rss_limit`` the clients stop
+    early once the server's RSS passes it (for runs without a byte budget: they would take the
+    machine's memory).
+    """
+    publish_large(repo)
+    report = LargeOverloadReport(max_queue_bytes, streams, depth)
+    process = ServerProcess(
+        repo_args(
+            repo,
+            "--max-queue-bytes",
+            str(max_queue_bytes),
+            "--max-stream-inflight",
+            str(depth),
+            "--max-concurrent-rpcs",
+            str(streams + 8),
+        ),
+        env=env,
+    )
+    x = np.random.default_rng(0).standard_normal((LARGE_BATCH, *LARGE_SHAPE)).astype(np.float32)
+    request = infer_request("large", x)
+    try:
+        async with aio.insecure_channel(process.address) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            for _ in range(3):  # warm: the runtime's arena for a batch of 8, gRPC's buffers
+                await stub.ModelInfer(request, timeout=60)
+            report.rss_before = report.rss_sampled_peak = process.rss_bytes()
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            timer = loop.call_later(duration, stop.set)
+
+            async def sampler() -> None:
+                while not stop.is_set():
+                    rss = process.rss_bytes()
+                    report.rss_sampled_peak = max(report.rss_sampled_peak, rss)
+                    if rss_limit is not None and rss > rss_limit:
+                        report.stopped_at_rss_limit = True
+                        stop.set()
+                    await asyncio.sleep(0.02)
+
+            async def client() -> None:
+                credit = asyncio.Semaphore(depth)
+
+                async def requests() -> AsyncIterator[pb.ModelInferRequest]:
+                    while True:
+                        await credit.acquire()
+                        if stop.is_set():
+                            return
+                        report.offered += 1
+                        yield request
+
+                async def wake() -> None:
+                    await stop.wait()
+                    credit.release()  # a generator waiting for credit sees the stop
+
+                waker = asyncio.ensure_future(wake())
+                async with aio.insecure_channel(process.address) as own:
+                    try:
+                        async for answer in pb_grpc.GRPCInferenceServiceStub(own).ModelStreamInfer(
+                            requests()
+                        ):
+                            credit.release()
+                            message = answer.error_message
+                            if not message:
+                                report.accepted += 1
+                            elif "(--max-queue-bytes)" in message:
+                                report.byte_limited += 1
+                                report.byte_limit_message = report.byte_limit_message or message
+                            elif "queue is full" in message:
+                                report.count_limited += 1
+                            else:
+                                report.other[message[:80]] += 1
+                    except grpc.aio.AioRpcError as exc:
+                        report.other[f"stream {exc.code().name}: {exc.details()}"[:80]] += 1
+                    finally:
+                        waker.cancel()
+
+            await asyncio.gather(sampler(), *(client() for _ in range(streams)))
+            timer.cancel()
+            report.seconds = loop.time() - started
+            report.rss_peak = max(process.peak_rss_bytes(), report.rss_sampled_peak)
+            for _ in range(recovery_requests):
+                report.recovery_total += 1
+                try:
+                    await stub.ModelInfer(request, timeout=30)
+                except grpc.aio.AioRpcError:
+                    continue
+                report.recovery_ok += 1
+            report.rss_after = process.rss_bytes()
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        finally:
+            process.kill()
+    report.server = process.final_statistics().get("large")
+    return report

@@ -1,8 +1,19 @@
 # ruff: noqa: E501  (each test's one-line docstring is a row of the generated fault table)
-"""Faults: what the client sees, and that the other models keep serving.
+"""Faults: what the client sees, what the server computed, and that the other models keep serving.
 
 The first line of each test's docstring is the "client sees" column of the fault table
-in docs/reliability.md (scripts/reliability.py reads it).
+in docs/reliability.md (scripts/reliability.py reads it). What was and was not computed is
+checked with the server's own counters: its Prometheus metrics (``/metrics``, scraped over
+HTTP) and the ``final statistics`` line it logs per model when it stops, compared with what
+the clients were answered.
+
+What the counters record (server/dataplane.py ``_record_failure``, server/metrics.py):
+``cnnserve_request_success`` counts requests answered; ``cnnserve_request_failure{reason}``
+counts requests that failed *after* they found their loaded model (reason ``cancelled``,
+``deadline_exceeded``, ``resource_exhausted``, ...). A request refused before that (unknown
+model, a model unloaded or unloading, the server shutting down) has no model and is counted
+in no series. ``cnnserve_inference_count`` is samples computed, ``cnnserve_execution_count``
+batches computed; a batch already computing when its caller went away still counts.
 """
 
 from __future__ import annotations
@@ -11,7 +22,7 @@ import asyncio
 import json
 import signal
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import grpc
@@ -22,12 +33,15 @@ from reliability_testlib import (
     DEADLINE,
     EXHAUSTED,
     UNAVAILABLE,
+    MetricsScrape,
+    ModelCounters,
     Reference,
     ServerProcess,
     infer_request,
     output_of,
     publish_slow,
     repo_args,
+    scrape_metrics,
     settings_for,
     soak,
 )
@@ -51,7 +65,9 @@ async def in_process(
     # 'held' computes for a good fraction of a second per sample on one instance: requests sent
     # behind a first one are reliably still queued when the fault hits.
     publish_slow(repo, "held", layers=16, size=96, batching=HELD)
-    server, port = await create_server(settings_for(repo, allow_model_control=True, grace_period=2.0))
+    server, port = await create_server(
+        settings_for(repo, allow_model_control=True, grace_period=2.0, metrics_port=0)
+    )
     try:
         yield server, repo, models, port
     finally:
@@ -81,6 +97,47 @@ async def _computing_alone(server: InferenceServer, name: str, timeout: float = 
         await asyncio.sleep(0.001)
 
 
+async def _until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Wait until ``condition()`` holds (checked every millisecond), or fail saying ``what``."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + timeout
+    while not condition():
+        assert loop.time() < give_up, f"{what}: not within {timeout}s"
+        await asyncio.sleep(0.001)
+
+
+async def _counters(server: InferenceServer, model: str) -> ModelCounters:
+    """``model``'s counters as the server's ``/metrics`` endpoint reports them now."""
+    assert server.metrics_port is not None
+    scrape = await asyncio.to_thread(scrape_metrics, server.metrics_port)
+    return scrape.model(model)
+
+
+async def _counted(
+    server: InferenceServer,
+    model: str,
+    settled: Callable[[ModelCounters], bool],
+    timeout: float = 10.0,
+    *,
+    idle: bool = False,
+) -> ModelCounters:
+    """Scrape until ``settled`` holds for ``model``'s counters (the server records asynchronously).
+
+    With ``idle``, only a scrape taken while the model computed nothing counts: its batcher is
+    checked before the scrape, so a batch finishing during the scrape cannot be missed.
+    """
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + timeout
+    batcher = server.manager.get(model).batcher
+    while True:
+        was_idle = batcher.executing == 0 and batcher.queued == 0
+        counters = await _counters(server, model)
+        if settled(counters) and (was_idle or not idle):
+            return counters
+        assert loop.time() < give_up, f"counters of {model!r} did not settle within {timeout}s: {counters}"
+        await asyncio.sleep(0.01)
+
+
 async def _serves(stub: pb_grpc.GRPCInferenceServiceStub, model: TinyModel) -> None:
     x = np.random.default_rng(0).standard_normal((3, *model.config.input.shape)).astype(np.float32)
     response = await stub.ModelInfer(infer_request(model.name, x), timeout=10)
@@ -94,13 +151,18 @@ async def _others_serve(port: int, models: dict[str, TinyModel], *names: str) ->
             await _serves(stub, models[name])
 
 
-async def test_client_cancels_mid_request(served: tuple[Path, dict[str, TinyModel], int]) -> None:
-    """CANCELLED on the cancelled calls; the cancelled work is dropped before it is computed."""
-    _repo, models, port = served
+async def test_client_cancels_mid_request(
+    in_process: tuple[InferenceServer, Path, dict[str, TinyModel], int],
+) -> None:
+    """CANCELLED on the 20 cancelled calls; /metrics: 20 failures 'cancelled', 1 sample computed (the batch already running), the 19 queued never computed."""
+    server, _repo, models, port = in_process
+    batcher = server.manager.get("held").batcher
     async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        calls = [stub.ModelInfer(infer_request("held", HELD_X)) for _ in range(20)]
-        await asyncio.sleep(0.05)
+        first = stub.ModelInfer(infer_request("held", HELD_X))
+        await _computing_alone(server, "held")
+        calls = [first, *(stub.ModelInfer(infer_request("held", HELD_X)) for _ in range(19))]
+        await _until(lambda: batcher.queued == 19, "19 requests queued behind the computing one")
         for call in calls:
             call.cancel()
         codes: Counter[str] = Counter()
@@ -110,32 +172,43 @@ async def test_client_cancels_mid_request(served: tuple[Path, dict[str, TinyMode
                 codes["OK"] += 1
             except asyncio.CancelledError:
                 codes["CANCELLED"] += 1
-        assert codes["CANCELLED"] == 20
-        stats = await stub.ModelStatistics(pb.ModelStatisticsRequest(name="held"))
-        # At most the first (already computing) was run; the queued ones were dropped.
-        assert stats.model_stats[0].inference_count <= 1
+        assert codes == {"CANCELLED": 20}
+        counters = await _counted(server, "held", lambda c: c.failed == 20, idle=True)
+        # The first was computing when it was cancelled: its batch finishes and counts. The 19
+        # queued left the queue when their callers cancelled and were never computed.
+        assert counters == ModelCounters(success=0, failures={"cancelled": 20}, samples=1, batches=1)
         await stub.ModelInfer(infer_request("held", HELD_X), timeout=30)
+        after = await _counters(server, "held")
+        assert (after.success, after.samples, after.batches) == (1, 2, 2)
     await _others_serve(port, models, "tiny", "wide")
 
 
-async def test_client_vanishes_mid_request(served: tuple[Path, dict[str, TinyModel], int]) -> None:
-    """Nothing (the client is gone); its queued requests are dropped, the server is unaffected."""
-    _repo, models, port = served
+async def test_client_vanishes_mid_request(
+    in_process: tuple[InferenceServer, Path, dict[str, TinyModel], int],
+) -> None:
+    """Nothing (the client is gone); /metrics: its 20 calls end answered or 'cancelled', 1 sample computed, the 19 queued never computed."""
+    server, _repo, models, port = in_process
+    batcher = server.manager.get("held").batcher
     channel = aio.insecure_channel(f"127.0.0.1:{port}")
     stub = pb_grpc.GRPCInferenceServiceStub(channel)
-    calls = [asyncio.ensure_future(stub.ModelInfer(infer_request("held", HELD_X))) for _ in range(20)]
-    await asyncio.sleep(0.05)
+    calls = [asyncio.ensure_future(stub.ModelInfer(infer_request("held", HELD_X)))]
+    await _computing_alone(server, "held")
+    calls += [asyncio.ensure_future(stub.ModelInfer(infer_request("held", HELD_X))) for _ in range(19)]
+    await _until(lambda: batcher.queued == 19, "19 requests queued behind the computing one")
     await channel.close(None)  # the connection goes away with the calls in flight
     results = await asyncio.gather(*calls, return_exceptions=True)
     # The first may have been answered before the connection went; the rest never are.
     assert sum(isinstance(r, (grpc.aio.AioRpcError, asyncio.CancelledError)) for r in results) >= 19
+    counters = await _counted(server, "held", lambda c: c.success + c.failed == 20, idle=True)
+    assert set(counters.failures) == {"cancelled"} and counters.failed >= 19, counters
+    assert (counters.samples, counters.batches) == (1, 1), counters
     await _others_serve(port, models, "tiny", "wide")
 
 
 async def test_expired_deadline(
     in_process: tuple[InferenceServer, Path, dict[str, TinyModel], int],
 ) -> None:
-    """DEADLINE_EXCEEDED at the client's deadline; the expired request is never computed."""
+    """DEADLINE_EXCEEDED at the client's deadline; /metrics: 1 answered, 1 failed, 1 sample computed: the expired request never was."""
     server, _repo, models, port = in_process
     async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
@@ -146,9 +219,11 @@ async def test_expired_deadline(
             await stub.ModelInfer(infer_request("held", HELD_X), timeout=0.05)
         assert info.value.code() == DEADLINE
         await blocker
-        await asyncio.sleep(0.2)
-        stats = await stub.ModelStatistics(pb.ModelStatisticsRequest(name="held"))
-        assert stats.model_stats[0].inference_count == 1  # the expired request was never computed
+        counters = await _counted(server, "held", lambda c: c.success + c.failed == 2, idle=True)
+        # The batcher's deadline timer and gRPC's own cancellation at the deadline race: either
+        # reason may be recorded, once.
+        assert counters.failures in ({"deadline_exceeded": 1}, {"cancelled": 1}), counters
+        assert (counters.success, counters.samples, counters.batches) == (1, 1, 1), counters
     await _others_serve(port, models, "tiny", "wide")
 
 
@@ -187,9 +262,11 @@ async def test_stream_broken_half_way(served: tuple[Path, dict[str, TinyModel], 
     await _others_serve(port, models, "tiny", "wide", "tinyrgb")
 
 
-async def test_unload_during_traffic(served: tuple[Path, dict[str, TinyModel], int]) -> None:
-    """Requests admitted before the unload are answered; later ones get UNAVAILABLE 'model ... is UNAVAILABLE: unloaded'."""
-    repo, models, port = served
+async def test_unload_during_traffic(
+    in_process: tuple[InferenceServer, Path, dict[str, TinyModel], int],
+) -> None:
+    """Requests admitted before the unload are answered, and /metrics counts exactly them (answered and samples computed); later ones get UNAVAILABLE 'model ... is UNAVAILABLE: unloaded', never computed and in no failure series."""
+    server, repo, models, port = in_process
     shapes = {n: models[n].config.input.shape for n in ("tiny", "wide")}
     traffic = asyncio.ensure_future(
         soak(
@@ -201,7 +278,8 @@ async def test_unload_during_traffic(served: tuple[Path, dict[str, TinyModel], i
             allowed=frozenset({UNAVAILABLE, EXHAUSTED}),
         )
     )
-    await asyncio.sleep(0.7)
+    # Unload in the middle of the traffic: once 'tiny' has answered a good number of requests.
+    await _counted(server, "tiny", lambda c: c.success >= 30)
     async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         await stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="tiny"))
@@ -209,8 +287,22 @@ async def test_unload_during_traffic(served: tuple[Path, dict[str, TinyModel], i
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await _serves(stub, models["tiny"])
         assert info.value.code() == UNAVAILABLE and "unloaded" in (info.value.details() or "")
+        # Every request the server answered reached a client, and nothing else was computed:
+        # the refused ones (UNAVAILABLE, the model unloading or unloaded) found no model, so they
+        # are in no failure series either. 'wide' was never disturbed.
+        for name in ("tiny", "wide"):
+            counters = await _counters(server, name)
+            answered = (tally.answered[name], tally.answered_samples[name])
+            assert (counters.success, counters.samples) == answered, (name, counters, tally.refused.get(name))
+            assert counters.failures == {}, (name, counters)
+            assert 0 < counters.batches <= counters.success, (name, counters)
+        assert tally.refused["tiny"]["UNAVAILABLE"] > 0 and "wide" not in tally.refused, tally.refused
+        before = await _counters(server, "tiny")
         await stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="tiny"))
         await _serves(stub, models["tiny"])
+        # The series outlive the unload: the reloaded model adds to them.
+        after = await _counters(server, "tiny")
+        assert (after.success, after.samples) == (before.success + 1, before.samples + 3), after
     assert tally.wrong == 0 and not tally.unexplained, tally.examples
     assert tally.rejected["UNAVAILABLE"] > 0 and tally.accounted
     await _others_serve(port, models, "wide", "tinyrgb")
@@ -299,9 +391,9 @@ def _process(repo: Path, *extra: str) -> ServerProcess:
 
 
 async def test_sigterm_under_load(fleet: tuple[Path, dict[str, TinyModel]]) -> None:
-    """Admitted requests are answered correctly; later ones get UNAVAILABLE (a few racing the port close: CANCELLED); exit 0 within the grace period."""
+    """Admitted requests are answered correctly, and were all the server computed (its final statistics per model: answered = the clients' OK answers, samples computed = their samples, 0 failed); later ones get UNAVAILABLE (a few racing the port close: CANCELLED), never computed; exit 0 within the grace period."""
     repo, models = fleet
-    process = _process(repo)
+    process = _process(repo, "--metrics-port", "0")
     shapes = {name: m.config.input.shape for name, m in models.items()}
     try:
         traffic = asyncio.ensure_future(
@@ -314,7 +406,10 @@ async def test_sigterm_under_load(fleet: tuple[Path, dict[str, TinyModel]]) -> N
                 allowed=frozenset({UNAVAILABLE, EXHAUSTED}),
             )
         )
-        await asyncio.sleep(1.0)
+        # SIGTERM in the middle of the traffic: once every model has answered requests.
+        await _process_counted(
+            process, lambda scrape: all(scrape.model(name).success >= 10 for name in models)
+        )
         started = asyncio.get_running_loop().time()
         process.process.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(process.wait, 15)
@@ -340,43 +435,102 @@ async def test_sigterm_under_load(fleet: tuple[Path, dict[str, TinyModel]]) -> N
     assert sum(tally.unexplained.values()) <= 8, tally.examples
     assert tally.correct > 0 and tally.rejected["UNAVAILABLE"] > 0
     assert "Traceback" not in process.log
+    # What the server says it computed, model by model, is exactly what the clients were
+    # answered: no request refused (UNAVAILABLE, CANCELLED, INTERNAL) was computed, and none
+    # failed after it was admitted (refusals at shutdown come before a model is looked up).
+    stats = process.final_statistics()
+    assert set(stats) == set(models), process.log
+    for name, s in stats.items():
+        answered = (tally.answered[name], tally.answered_samples[name], 0)
+        assert (s.answered, s.samples, s.failed) == answered, (s, tally.refused.get(name))
+        assert 0 < s.batches <= s.answered, s
+
+
+async def _process_counted(
+    process: ServerProcess, settled: Callable[[MetricsScrape], bool], timeout: float = 20.0
+) -> MetricsScrape:
+    """Scrape ``process``' /metrics until ``settled`` holds."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + timeout
+    while True:
+        scrape = await asyncio.to_thread(process.scrape)
+        if settled(scrape):
+            return scrape
+        assert loop.time() < give_up, f"the server's counters did not get there within {timeout}s"
+        await asyncio.sleep(0.02)
 
 
 async def test_crash_and_restart(fleet: tuple[Path, dict[str, TinyModel]]) -> None:
-    """SIGKILL: in-flight calls get UNAVAILABLE; a restarted process on the same port serves the same channel again."""
+    """SIGKILL: in-flight calls get UNAVAILABLE; the counters scraped while traffic ran only grew, within the clients' answered and sent; a restarted process on the same port serves the same channel again, its counters exactly the requests sent to it."""
     repo, models = fleet
-    process = _process(repo)
+    process = _process(repo, "--metrics-port", "0")
     port = process.port
     x = np.ones((2, 1, 8, 8), np.float32)
+    sent = answered = 0
+    killed = asyncio.Event()
     try:
         async with aio.insecure_channel(process.address) as channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
-            await _serves(stub, models["tiny"])
-            in_flight = [
-                asyncio.ensure_future(stub.ModelInfer(infer_request("tiny", x), timeout=10))
-                for _ in range(50)
-            ]
-            await asyncio.sleep(0.01)
+
+            async def client() -> int:
+                """Send 'tiny' requests back to back until the server dies; return the failures."""
+                nonlocal sent, answered
+                while True:
+                    sent += 1
+                    try:
+                        response = await stub.ModelInfer(infer_request("tiny", x), timeout=10)
+                    except grpc.aio.AioRpcError as exc:
+                        assert killed.is_set() and exc.code() == UNAVAILABLE, exc
+                        return 1
+                    np.testing.assert_allclose(
+                        output_of(response), models["tiny"].expected(x), rtol=1e-4, atol=1e-4
+                    )
+                    answered += 1
+
+            clients = [asyncio.ensure_future(client()) for _ in range(8)]
+            # While traffic runs: each reading lies between the requests answered before it was
+            # taken and those sent by its end, and every counter only grows.
+            readings: list[ModelCounters] = []
+            loop = asyncio.get_running_loop()
+            give_up = loop.time() + 20
+            while len(readings) < 3:
+                floor = answered
+                counters = (await asyncio.to_thread(process.scrape)).model("tiny")
+                ceiling = sent
+                assert floor <= counters.success <= ceiling, (floor, counters, ceiling)
+                assert 2 * floor <= counters.samples <= 2 * ceiling, (floor, counters, ceiling)
+                assert counters.failures == {}, counters
+                if readings:
+                    last = readings[-1]
+                    assert counters.success >= last.success and counters.samples >= last.samples
+                    assert counters.batches >= last.batches, (last, counters)
+                if not readings or counters.success > readings[-1].success:
+                    readings.append(counters)
+                assert loop.time() < give_up, f"the counters did not grow: {readings}"
+            killed.set()
             process.process.send_signal(signal.SIGKILL)
             assert await asyncio.to_thread(process.wait, 10) == -signal.SIGKILL
-            results = await asyncio.gather(*in_flight, return_exceptions=True)
-            for result in results:
-                if isinstance(result, BaseException):
-                    assert isinstance(result, grpc.aio.AioRpcError) and result.code() == UNAVAILABLE, result
-                else:
-                    np.testing.assert_allclose(
-                        output_of(result), models["tiny"].expected(x), rtol=1e-4, atol=1e-4
-                    )
-            restarted = _process(repo, "--port", str(port))
+            assert sum(await asyncio.gather(*clients)) == 8  # every client's last call: UNAVAILABLE
+            # The dead process' counters died with it; the new one counts from zero, exactly
+            # what is sent to it.
+            restarted = _process(repo, "--port", str(port), "--metrics-port", "0")
             try:
                 assert restarted.port == port
                 response = await stub.ModelInfer(infer_request("tiny", x), timeout=20, wait_for_ready=True)
                 np.testing.assert_allclose(
                     output_of(response), models["tiny"].expected(x), rtol=1e-4, atol=1e-4
                 )
+                for _ in range(4):
+                    await stub.ModelInfer(infer_request("tiny", x), timeout=20)
                 await _serves(stub, models["wide"])
+                scrape = await asyncio.to_thread(restarted.scrape)
+                assert scrape.model("tiny") == ModelCounters(success=5, failures={}, samples=10, batches=5)
+                assert scrape.model("wide") == ModelCounters(success=1, failures={}, samples=3, batches=1)
+                assert scrape.model("tinyrgb") == ModelCounters(success=0, failures={}, samples=0, batches=0)
             finally:
                 restarted.terminate()
                 assert restarted.wait(15) == 0
+            stats = restarted.final_statistics()
+            assert (stats["tiny"].answered, stats["tiny"].samples, stats["tiny"].failed) == (5, 10, 0)
     finally:
         process.kill()
