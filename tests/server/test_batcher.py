@@ -93,6 +93,7 @@ async def test_batcher_batches_and_splits_correctly() -> None:
 
 
 async def test_queue_full_fails_fast() -> None:
+    """A full queue (max_queue_size) refuses the next request at once with RESOURCE_EXHAUSTED."""
     run = SlowDouble(0.2)
     batcher = _batcher(run, max_batch_size=1, max_queue_size=2)
     batcher.start()
@@ -108,6 +109,7 @@ async def test_queue_full_fails_fast() -> None:
 
 
 async def test_expired_and_cancelled_requests_are_not_computed() -> None:
+    """Requests that expired or were cancelled while queued are never computed."""
     run = SlowDouble(0.15)
     batcher = _batcher(run, max_batch_size=1)
     batcher.start()
@@ -285,6 +287,8 @@ async def test_tiny_batches_run_inline_and_slow_ones_on_the_instance_thread() ->
 
 
 async def test_runner_errors_reach_every_request_of_the_batch() -> None:
+    """A model error reaches every request of the failing batch (each fails alone as well)."""
+
     def broken(index: int, batch: np.ndarray) -> np.ndarray:
         raise RuntimeError("model exploded")
 
@@ -302,7 +306,10 @@ async def test_runner_errors_reach_every_request_of_the_batch() -> None:
 
 
 async def test_request_larger_than_max_batch_size_is_refused_at_submit() -> None:
-    """Queued, it would sit at the head forever: every batch empty, the worker spinning on the loop."""
+    """A batch of 0 or more than max_batch_size samples is refused with INVALID_ARGUMENT when queued.
+
+    Queued, it would sit at the head forever: every batch empty, the worker spinning on the loop.
+    """
     run = SlowDouble(0.0)
     batcher = _batcher(run, max_batch_size=4)
     batcher.start()
@@ -316,7 +323,7 @@ async def test_request_larger_than_max_batch_size_is_refused_at_submit() -> None
 
 
 async def test_a_batch_that_cannot_be_merged_runs_each_request_alone() -> None:
-    """merge() raising (inputs of different shapes) must neither kill the worker nor strand futures."""
+    """A batch that cannot be merged (inputs of different shapes) runs each request alone; no worker dies."""
     run = SlowDouble(0.0)
     batcher = _batcher(run, max_queue_delay_s=0.05, greedy=False)
     batcher.start()
@@ -332,6 +339,7 @@ async def test_a_batch_that_cannot_be_merged_runs_each_request_alone() -> None:
 
 
 async def test_only_the_guilty_request_of_a_failed_batch_fails() -> None:
+    """When a batch fails, each of its requests runs alone: only the one the model cannot compute fails."""
     computed: list[int] = []
 
     def refuses_nan(index: int, batch: np.ndarray) -> np.ndarray:
@@ -363,6 +371,10 @@ async def test_only_the_guilty_request_of_a_failed_batch_fails() -> None:
 
 
 async def test_queue_bytes_are_bounded() -> None:
+    """Past --max-queue-bytes of queued input, RESOURCE_EXHAUSTED naming the bytes.
+
+    A request larger than the whole budget is admitted only into an empty queue.
+    """
     run = SlowDouble(0.2)
     batcher = DynamicBatcher(
         "m", run, instances=1, max_batch_size=1, max_queue_delay_s=0, max_queue_size=64, max_queue_bytes=100
@@ -386,6 +398,7 @@ async def test_queue_bytes_are_bounded() -> None:
 
 
 async def test_cancelled_and_expired_requests_free_their_place_at_once() -> None:
+    """A cancelled or expired request leaves the queue at once, while the worker is still busy."""
     run = SlowDouble(0.5)
     batcher = _batcher(run, max_batch_size=1, max_queue_size=2)
     batcher.start()
@@ -412,6 +425,7 @@ async def test_cancelled_and_expired_requests_free_their_place_at_once() -> None
 
 
 async def test_reservations_count_against_the_queue_bounds() -> None:
+    """Places reserved before decoding (Classify) count against the queue bound until used or given back."""
     run = SlowDouble(0.0)
     batcher = _batcher(run, max_queue_size=2)
     batcher.start()

@@ -131,7 +131,11 @@ async def test_unexpected_error_is_internal_without_traceback(
 
 
 async def test_bytes_that_are_no_request_message_get_invalid_argument(running: Running) -> None:
-    """grpc alone answers UNKNOWN naming the parser's exception; ours names the expected message."""
+    """Bytes that are not the method's protobuf message get INVALID_ARGUMENT naming it (not UNKNOWN).
+
+    grpc alone answers UNKNOWN naming the parser's exception; on a stream, the bad message gets an
+    error answer and the next one is served.
+    """
     garbage = b"\xff\xff\xff\xff not protobuf"
     for method, message in (
         ("/inference.GRPCInferenceService/ModelInfer", "inference.ModelInferRequest"),
