@@ -329,6 +329,7 @@ class ModelManager:
                     self.device,
                     intra_op_threads=self.settings.intra_op_threads,
                     instances=batching.instances,
+                    processes=self.settings.workers,
                     input_name=spec.name,
                     sample_shape=spec.shape,
                     dtype=dtype,

@@ -104,9 +104,26 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def default_intra_op_threads(instances: int) -> int:
-    """Threads per session such that all instances of a model together fill the cores, at most 4."""
-    return max(1, min(4, available_cores() // max(1, instances)))
+#: The most intra-op threads the automatic rule gives one session.
+MAX_AUTO_THREADS = 4
+
+
+def intra_op_threads_for(cores: int, instances: int, processes: int = 1) -> int:
+    """Threads per session such that ``instances`` sessions in each of ``processes`` fill ``cores``.
+
+    At least 1 and at most :data:`MAX_AUTO_THREADS`: past a few threads one session gains
+    little, and more instances use the cores better.
+    """
+    return max(1, min(MAX_AUTO_THREADS, cores // max(1, instances * processes)))
+
+
+def default_intra_op_threads(instances: int, processes: int = 1) -> int:
+    """Threads per session: one of ``processes`` server processes' share of the cores over its instances.
+
+    With ``--workers N`` each worker gets 1/N of the cores: N workers each sized for the whole
+    machine would oversubscribe it N times.
+    """
+    return intra_op_threads_for(available_cores(), instances, processes)
 
 
 def batch1_seconds(
@@ -157,6 +174,7 @@ def open_session(
     *,
     intra_op_threads: int,
     instances: int,
+    processes: int = 1,
     input_name: str,
     sample_shape: tuple[int, ...],
     dtype: str,
@@ -164,14 +182,15 @@ def open_session(
 ) -> tuple[ort.InferenceSession, Device, int]:
     """One instance's session with the server's thread rule; returns it, its device and its threads.
 
-    ``intra_op_threads`` 0 means automatic: the cores shared out over the instances
+    ``intra_op_threads`` 0 means automatic: this process's share of the cores (all of
+    them, or one worker's share with ``--workers``) over the instances
     (:func:`default_intra_op_threads`), except that a model whose batch of one takes
     under :data:`SMALL_MODEL_SECONDS` gets one thread: splitting microsecond-sized
     operators over threads costs more in wake-ups than it gains, and the other cores
     are busy serving the RPCs anyway. ``check`` sees the session before it is first run.
     The benchmark's in-process ceiling opens its sessions with this same function.
     """
-    threads = intra_op_threads or default_intra_op_threads(instances)
+    threads = intra_op_threads or default_intra_op_threads(instances, processes)
     session, actual = create_session(path, device, threads)
     if check is not None:
         check(session)
