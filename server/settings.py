@@ -2,22 +2,30 @@
 
 Every flag ``--some-flag`` can also come from the environment variable
 ``CNNSERVE_SOME_FLAG``; a flag given on the command line wins over the
-environment, which wins over the default.
+environment, which wins over the default. A bad value, from either, stops
+``python -m server`` with one line naming the flag or variable, the value and
+what was expected (``--port 99999: expected an integer from 0 to 65535 ...``), exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+import shlex
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from modelrepo.repository import validate_model_name
+
 ENV_PREFIX = "CNNSERVE_"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 #: A version number as the repository spells its directories: ASCII digits, no leading zero.
 _VERSION = re.compile(r"[1-9][0-9]{0,17}")
 MiB = 1 << 20
+MAX_PORT = 65535
 
 
 @dataclass(frozen=True)
@@ -31,6 +39,7 @@ class ModelSelection:
     def parse(cls, text: str) -> ModelSelection:
         """Parse ``name`` or ``name:version``."""
         name, sep, version = text.strip().partition(":")
+        validate_model_name(name)
         if not sep:
             return cls(name)
         if not _VERSION.fullmatch(version):
@@ -94,13 +103,21 @@ class Settings:
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError(f"workers is {self.workers}; expected >= 1")
+        if not 0 <= self.port <= MAX_PORT or self.metrics_port > MAX_PORT:
+            raise ValueError(
+                f"port is {self.port} and metrics_port {self.metrics_port}; expected 0-{MAX_PORT}"
+            )
+        if self.intra_op_threads < 0:
+            raise ValueError(f"intra_op_threads is {self.intra_op_threads}; expected >= 0 (0: automatic)")
+        if self.max_image_pixels < 1:
+            raise ValueError(f"max_image_pixels is {self.max_image_pixels}; expected >= 1")
         for name in ("max_batch_size", "max_queue_size", "instances"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} is {value}; expected >= 1")
         if self.max_queue_delay_us is not None and self.max_queue_delay_us < 0:
             raise ValueError(f"max_queue_delay_us is {self.max_queue_delay_us}; expected >= 0")
-        if self.grace_period < 0:
+        if not self.grace_period >= 0 or math.isinf(self.grace_period):
             raise ValueError(f"grace_period is {self.grace_period}; expected >= 0")
         if self.log_format not in ("text", "json"):
             raise ValueError(f"log_format is {self.log_format!r}; expected 'text' or 'json'")
@@ -140,13 +157,87 @@ def _valid_token(token: str) -> bool:
     return len(token) >= MIN_TOKEN_LENGTH and all("!" <= c <= "~" for c in token)
 
 
+# -- converters: each flag's (and its variable's) text to a value, or "VALUE: expected ..." --
+
+
+def _bad(text: str, expected: str) -> argparse.ArgumentTypeError:
+    return argparse.ArgumentTypeError(f"{shlex.quote(text)}: expected {expected}")
+
+
+def _integer(low: int | None = None, high: int | None = None, note: str = "") -> Callable[[str], int]:
+    """A converter to an integer in ``low..high`` (None: unbounded); ``note`` explains special values."""
+    if low is not None and high is not None:
+        expected = f"an integer from {low} to {high}"
+    elif low is not None:
+        expected = f"an integer >= {low}"
+    else:
+        expected = f"an integer <= {high}"
+    if note:
+        expected += f" ({note})"
+
+    def integer(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise _bad(text, expected) from None
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise _bad(text, expected)
+        return value
+
+    return integer
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < math.inf:
+        raise _bad(text, "a number of seconds >= 0")
+    return value
+
+
 def _flag(text: str) -> bool:
     value = text.strip().lower()
     if value in ("1", "true", "yes", "on"):
         return True
     if value in ("0", "false", "no", "off", ""):
         return False
-    raise ValueError(f"{text!r} is not a boolean; expected 1/0, true/false, yes/no, on/off")
+    raise _bad(text, "a boolean: 1/0, true/false, yes/no or on/off")
+
+
+def _log_level(text: str) -> str:
+    level = text.strip().upper()
+    if level not in LOG_LEVELS:
+        raise _bad(text, f"one of {', '.join(LOG_LEVELS)} (any case)")
+    return level
+
+
+def _log_format(text: str) -> str:
+    if text not in ("text", "json"):
+        raise _bad(text, "text or json")
+    return text
+
+
+def _model_name(text: str) -> str:
+    if not text:  # CNNSERVE_DEFAULT_MODEL= : no default model
+        return text
+    try:
+        return validate_model_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{shlex.quote(text)}: {exc}") from None
+
+
+def _model_list(text: str) -> tuple[ModelSelection, ...]:
+    try:
+        return tuple(ModelSelection.parse(m) for m in text.split(",") if m.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{shlex.quote(text)}: {exc}") from None
+
+
+_PORT = _integer(0, MAX_PORT, "0: any free port")
+_AT_LEAST_1 = _integer(1)
+_AT_LEAST_0 = _integer(0)
 
 
 def read_token_file(path: Path) -> str:
@@ -154,7 +245,8 @@ def read_token_file(path: Path) -> str:
     try:
         return Path(path).read_text().strip()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot read the auth token file {str(path)!r}: {exc}") from None
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ValueError(f"expected a readable file holding the token ({why})") from None
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -162,28 +254,45 @@ def get_args_parser() -> argparse.ArgumentParser:
     d = Settings()
     p = argparse.ArgumentParser(
         prog="python -m server",
+        # A bad value is then one short usage line and one error line, not the whole synopsis.
+        usage="%(prog)s [options]",
+        # Bad values raise, so settings_from_args can word the error (see _error_line).
+        exit_on_error=False,
         description="Serve a model repository over KServe v2 gRPC on ONNX Runtime. "
         f"Every flag can also be set as an environment variable {ENV_PREFIX}<FLAG> "
         f"(e.g. {ENV_PREFIX}PORT=8001).",
     )
     p.add_argument("--repository", type=Path, default=d.repository, help="model repository directory")
     p.add_argument("--host", default=d.host, help="address to bind")
-    p.add_argument("--port", type=int, default=d.port, help="gRPC port (0: any free port)")
+    p.add_argument("--port", type=_PORT, default=d.port, help="gRPC port (0: any free port)")
     p.add_argument(
-        "--metrics-port", type=int, default=d.metrics_port, help="Prometheus port (0: any, <0: disabled)"
+        "--metrics-port",
+        type=_integer(None, MAX_PORT, "0: any free port, negative: no metrics endpoint"),
+        default=d.metrics_port,
+        help="Prometheus port (0: any, <0: disabled)",
     )
     p.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N")
     p.add_argument(
         "--models",
-        default="",
+        type=_model_list,
+        default=(),
         help="comma-separated models to load, each NAME or NAME:VERSION (default: all)",
     )
-    p.add_argument("--default-model", default=None, help="model for image requests that name none")
-    p.add_argument("--max-batch-size", type=int, default=None, help="override every model's max batch")
-    p.add_argument("--max-queue-delay-us", type=int, default=None, help="override max queue delay")
-    p.add_argument("--max-queue-size", type=int, default=None, help="override queue bound (requests)")
-    p.add_argument("--instances", type=int, default=None, help="override sessions per model")
-    p.add_argument("--intra-op-threads", type=int, default=d.intra_op_threads, help="0: automatic")
+    p.add_argument(
+        "--default-model", type=_model_name, default=None, help="model for image requests that name none"
+    )
+    p.add_argument(
+        "--max-batch-size", type=_AT_LEAST_1, default=None, help="override every model's max batch"
+    )
+    p.add_argument("--max-queue-delay-us", type=_AT_LEAST_0, default=None, help="override max queue delay")
+    p.add_argument("--max-queue-size", type=_AT_LEAST_1, default=None, help="override queue bound (requests)")
+    p.add_argument("--instances", type=_AT_LEAST_1, default=None, help="override sessions per model")
+    p.add_argument(
+        "--intra-op-threads",
+        type=_integer(0, None, "0: automatic"),
+        default=d.intra_op_threads,
+        help="ONNX Runtime threads per session (0: automatic, each worker's share of the cores)",
+    )
     p.add_argument(
         "--greedy-batching",
         type=_flag,
@@ -194,15 +303,24 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--workers",
-        type=int,
+        type=_AT_LEAST_1,
         default=d.workers,
         help="server processes sharing the port (SO_REUSEPORT); worker i serves metrics on port + i",
     )
-    p.add_argument("--grace-period", type=float, default=d.grace_period, help="seconds to drain on stop")
-    p.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes, help="gRPC message cap")
-    p.add_argument("--max-image-pixels", type=int, default=d.max_image_pixels, help="decoded image cap")
-    p.add_argument("--log-level", default=d.log_level, help="DEBUG, INFO, WARNING, ERROR")
-    p.add_argument("--log-format", default=d.log_format, choices=["text", "json"])
+    p.add_argument("--grace-period", type=_seconds, default=d.grace_period, help="seconds to drain on stop")
+    p.add_argument(
+        "--max-message-bytes",
+        type=_integer(MiB, None, "1 MiB"),
+        default=d.max_message_bytes,
+        help="gRPC message cap",
+    )
+    p.add_argument(
+        "--max-image-pixels", type=_AT_LEAST_1, default=d.max_image_pixels, help="decoded image cap"
+    )
+    p.add_argument(
+        "--log-level", type=_log_level, default=d.log_level, metavar="{" + ",".join(LOG_LEVELS) + "}"
+    )
+    p.add_argument("--log-format", type=_log_format, default=d.log_format, metavar="{text,json}")
     sec = p.add_argument_group("security and limits")
     sec.add_argument(
         "--tls-cert", type=Path, default=None, help="PEM server certificate (chain); enables TLS"
@@ -228,33 +346,37 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     sec.add_argument(
         "--max-concurrent-streams",
-        type=int,
+        type=_AT_LEAST_1,
         default=d.max_concurrent_streams,
         help="HTTP/2 streams per client connection",
     )
     sec.add_argument(
         "--max-concurrent-rpcs",
-        type=int,
+        type=_integer(0, None, "0: no limit"),
         default=d.max_concurrent_rpcs,
         help="RPCs in progress server-wide before RESOURCE_EXHAUSTED (0: no limit)",
     )
     sec.add_argument(
         "--max-stream-inflight",
-        type=int,
+        type=_AT_LEAST_1,
         default=d.max_stream_inflight,
         help="outstanding requests per ModelStreamInfer stream",
     )
     sec.add_argument(
         "--max-queue-bytes",
-        type=int,
+        type=_AT_LEAST_1,
         default=d.max_queue_bytes,
         help="input bytes each model may hold queued before RESOURCE_EXHAUSTED",
     )
     return p
 
 
-def _env_defaults(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
-    """Let CNNSERVE_* variables replace the parser's defaults (flags still win)."""
+def _env_defaults(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> dict[str, str]:
+    """Let CNNSERVE_* variables replace the parser's defaults (flags still win).
+
+    Returns the variable each replaced default came from, by destination.
+    """
+    used = {}
     for action in parser._actions:
         if not action.option_strings or action.dest == "help":
             continue
@@ -263,9 +385,18 @@ def _env_defaults(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -
             raw = environ[key]
             try:
                 value = action.type(raw) if callable(action.type) else raw
-            except ValueError:
-                parser.error(f"environment variable {key}={raw!r} is not a valid {action.dest}")
+            except (ValueError, argparse.ArgumentTypeError) as exc:
+                parser.error(f"{key}={exc}")
             parser.set_defaults(**{action.dest: value})
+            used[action.dest] = key
+    return used
+
+
+def _error_line(exc: argparse.ArgumentError) -> str:
+    """``--flag VALUE: expected ...`` for a bad value; argparse's own wording for anything else."""
+    if isinstance(exc.__context__, argparse.ArgumentTypeError):
+        return f"{exc.argument_name} {exc.message}"
+    return str(exc)
 
 
 def settings_from_args(
@@ -273,22 +404,33 @@ def settings_from_args(
 ) -> Settings:
     """Build the :class:`Settings` from command-line arguments and the environment."""
     parser = get_args_parser()
-    _env_defaults(parser, os.environ if environ is None else environ)
-    args = parser.parse_args(argv)
+    from_env = _env_defaults(parser, os.environ if environ is None else environ)
     try:
-        models = tuple(ModelSelection.parse(m) for m in args.models.split(",") if m.strip())
+        args = parser.parse_args(argv)
+    except argparse.ArgumentError as exc:
+        parser.error(_error_line(exc))
+    try:
         token = args.auth_token
         if args.auth_token_file is not None:
             if token is not None:
                 raise ValueError("give the auth token either directly or as a file, not both")
-            token = read_token_file(args.auth_token_file)
+            # A default that is still the very object the variable produced came from the variable.
+            env = from_env.get("auth_token_file")
+            source = (
+                f"{env}=" if env and args.auth_token_file is parser.get_default("auth_token_file") else ""
+            )
+            try:
+                token = read_token_file(args.auth_token_file)
+            except ValueError as exc:
+                name = source or "--auth-token-file "
+                raise ValueError(f"{name}{shlex.quote(str(args.auth_token_file))}: {exc}") from None
         return Settings(
             repository=args.repository,
             host=args.host,
             port=args.port,
             metrics_port=args.metrics_port,
             device=args.device,
-            models=models,
+            models=args.models,
             default_model=args.default_model or None,
             max_batch_size=args.max_batch_size,
             max_queue_delay_us=args.max_queue_delay_us,
@@ -300,7 +442,7 @@ def settings_from_args(
             grace_period=args.grace_period,
             max_message_bytes=args.max_message_bytes,
             max_image_pixels=args.max_image_pixels,
-            log_level=args.log_level.upper(),
+            log_level=args.log_level,
             log_format=args.log_format,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
