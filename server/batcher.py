@@ -472,6 +472,10 @@ class DynamicBatcher:
         # How long the instance waits for company after it frees up (see the module docstring).
         return_window = self.max_queue_delay_s
         while True:
+            # Requests that left the queue (cancelled, expired) stay in it until met: drop them
+            # from the head, so that the wait for company counts from the oldest live request.
+            while queue_ and queue_[0].state != _QUEUED:
+                queue_.popleft()
             if not queue_:
                 waiter: asyncio.Future[None] = loop.create_future()
                 self._idle_waiters.append(waiter)

@@ -440,3 +440,22 @@ async def test_reservations_count_against_the_queue_bounds() -> None:
         assert batcher.queued == 0
     finally:
         await batcher.close()
+
+
+async def test_a_request_that_left_the_queue_does_not_shorten_the_next_ones_wait() -> None:
+    """The wait for company counts from the oldest request still queued, not from one that left it."""
+    run = SlowDouble(0.0)
+    batcher = _batcher(run, max_queue_delay_s=0.3, greedy=False)
+    batcher.start()
+    loop = asyncio.get_running_loop()
+    try:
+        gone = asyncio.create_task(batcher.infer(np.zeros((1, 1), np.float32)))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        await asyncio.sleep(0.2)  # the worker still waits for company for the request that left
+        started = loop.time()
+        await batcher.infer(np.ones((1, 1), np.float32))
+        assert loop.time() - started >= 0.25
+        assert run.batches == [1]
+    finally:
+        await batcher.close()
