@@ -206,7 +206,7 @@ def security_flags() -> str:
     return "| flag | environment | default | meaning |\n|---|---|---|---|\n" + "\n".join(rows)
 
 
-def atheris_run(seconds: float) -> tuple[dict[str, Any] | None, str]:
+def atheris_run(seconds: int) -> tuple[dict[str, Any] | None, str]:
     """Coverage-guided fuzzing of the decoders (scripts/fuzz.py) for ``seconds``; its JSON report."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "fuzz.json"
@@ -329,17 +329,30 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 
 
+#: scripts/fuzz.py's per-target figures, in the order and with the headings the table shows.
+_FUZZ_COLUMNS = (
+    ("seconds", "seconds"),
+    ("executions", "inputs run"),
+    ("exec_per_s", "inputs/s"),
+    ("coverage", "coverage (libFuzzer cov)"),
+    ("features", "features (ft)"),
+    ("corpus_seeds", "seed corpus"),
+    ("corpus_final", "corpus at the end"),
+    ("restarts", "restarts"),
+)
+
+
 def _targets_table(report: dict[str, Any]) -> str:
-    """The fuzz script's per-target figures, with whatever columns it reported."""
-    targets: dict[str, dict[str, Any]] = report.get("targets", {})
-    columns = sorted({k for t in targets.values() for k, v in t.items() if isinstance(v, int | float)})
-    lines = ["| target | " + " | ".join(columns) + " | findings |", "|---|" + "---|" * (len(columns) + 1)]
-    for name, figures in targets.items():
-        found = figures.get("findings") or []
-        cells = [f"{figures[c]:,.0f}" if isinstance(figures.get(c), int | float) else "" for c in columns]
-        lines.append(
-            f"| `{name}` | " + " | ".join(cells) + f" | {len(found) if isinstance(found, list) else found} |"
-        )
+    """scripts/fuzz.py's report as a table: one row per target, and its findings."""
+    lines = [
+        "| target | " + " | ".join(title for _, title in _FUZZ_COLUMNS) + " | findings |",
+        "|---|" + "---:|" * len(_FUZZ_COLUMNS) + "---|",
+    ]
+    for target in report.get("targets", []):
+        cells = [f"{target.get(key, 0):,.0f}" for key, _ in _FUZZ_COLUMNS]
+        found = target.get("findings") or []
+        listed = "; ".join(_md(f.get("signature", "?")) for f in found) if found else "none"
+        lines.append(f"| `{target.get('target')}` | " + " | ".join(cells) + f" | {listed} |")
     return "\n".join(lines)
 
 
@@ -350,7 +363,7 @@ def main() -> int:
     p.add_argument("--overload-seconds", type=float, default=20)
     p.add_argument("--overload-clients", type=int, default=64)
     p.add_argument("--fuzz-examples", type=int, default=2000)
-    p.add_argument("--atheris-seconds", type=float, default=600)
+    p.add_argument("--atheris-seconds", type=int, default=600)
     p.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "reliability.md")
     args = p.parse_args()
     command = "python scripts/reliability.py " + shlex.join(sys.argv[1:])
@@ -408,8 +421,11 @@ def main() -> int:
         for kind, c in outcomes.items()
     )
     atheris_section = (
-        f"`scripts/fuzz.py` (atheris, libFuzzer) for {args.atheris_seconds:.0f} s in all, with the committed "
-        "seed corpus in `tests/fuzz_corpus/`:\n\n" + _targets_table(atheris)
+        f"`scripts/fuzz.py` ({atheris.get('engine', '?')}, libFuzzer) for {args.atheris_seconds} s in all, on"
+        f" {atheris.get('cpus', '?')} CPUs, from the committed seed corpus in `tests/fuzz_corpus/`; the"
+        " invariant: only the server's own errors (INVALID_ARGUMENT and the like) escape the decoders, and"
+        " what they return has the model's shape. After a finding libFuzzer restarts without that input.\n\n"
+        + _targets_table(atheris)
         if atheris is not None
         else "**The coverage-guided fuzzing run did not produce a report** (see the problems above)."
     )
