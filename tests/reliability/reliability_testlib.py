@@ -1068,7 +1068,7 @@ def large_overload_rss_bound(
     request_bytes: int = LARGE_REQUEST_BYTES,
     instances: int = 1,
     per_stream_requests: int = 6,
-    slack: int = 384 * MiB,
+    slack: int = 768 * MiB,
 ) -> int:
     """How much the server's RSS may grow over its idle baseline under :func:`large_request_overload`.
 
@@ -1083,7 +1083,10 @@ def large_overload_rss_bound(
       dropped at once. This is not a setting of the server: ``per_stream_requests`` = 6 is
       measured (4 to 5 requests' worth per busy stream on 2 cores, 4 to 32 streams);
     - ``slack``: what the allocator keeps of the memory freed by the stream of refused
-      requests (hundreds of MiB a second), the ONNX Runtime arena, gRPC's buffers.
+      requests (hundreds of MiB a second), the ONNX Runtime arena, gRPC's buffers. It varies
+      from run to run: with the 64 MiB budget and 4 streams (a bound of 1 GiB) the total growth
+      measured 234 to 675 MiB in six runs; the same driver without the budget grew by 2.4 to
+      2.6 GiB, so the bound still tells the two apart.
 
     Without the byte budget the queue is bounded only by streams x ``--max-stream-inflight``
     requests: 4 x 64 requests of 4.6 MiB hold 2.3 GiB of input and messages.
