@@ -230,8 +230,8 @@ def atheris_run(seconds: int) -> tuple[dict[str, Any] | None, str]:
         return json.loads(out.read_text()), (run.stdout + run.stderr)[-3000:] if run.returncode else ""
 
 
-def source_state() -> str:
-    """The commit this run measured, and whether the working tree differed from it."""
+def source_state(output: Path) -> str:
+    """The commit this run measured, and whether the working tree differed from it (``output`` aside)."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO_ROOT, check=True
@@ -245,7 +245,12 @@ def source_state() -> str:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "an unknown commit (no git)"
-    return f"commit `{commit}`" + (" with uncommitted changes" if dirty else "")
+    try:
+        mine = str(output.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        mine = ""
+    changed = [line[3:] for line in dirty.splitlines() if line[3:] != mine]
+    return f"commit `{commit}`" + (" with uncommitted changes" if changed else "")
 
 
 async def long_soak(seconds: float, clients: int) -> tuple[Any, float]:
@@ -368,7 +373,7 @@ def main() -> int:
     args = p.parse_args()
     command = "python scripts/reliability.py " + shlex.join(sys.argv[1:])
     problems: list[str] = []
-    source = source_state()
+    source = source_state(args.out)
 
     print("bad-input table ...", flush=True)
     table, bad = bad_input_table()
