@@ -103,9 +103,12 @@ class BatcherMachine(RuleBasedStateMachine):
         sign = -1.0 if poisoned else 1.0
         array = np.full((rows, 1), sign * request_id, np.float32)
         deadline = None if deadline_ms is None else self.loop.time() + deadline_ms / 1000
-        queued_before, bytes_before = self.batcher.queued, self.batcher.queued_bytes
+        # Read right before submitting, in the same step of the loop: timers and finished batches
+        # change the queue whenever the loop runs.
+        before: list[int] = []
 
         async def submit() -> asyncio.Task[np.ndarray] | None:
+            before.extend((self.batcher.queued, self.batcher.queued_bytes))
             if via_infer:  # the data plane's path: cancelling the caller takes it out of the queue
                 task = asyncio.ensure_future(self.batcher.infer(array, deadline))
                 await asyncio.sleep(0)
@@ -119,6 +122,7 @@ class BatcherMachine(RuleBasedStateMachine):
                 if isinstance(exc, InvalidInput):
                     assert not 1 <= rows <= MAX_BATCH
                 elif isinstance(exc, QueueFull):  # refused only when a bound would be passed
+                    queued_before, bytes_before = before
                     assert queued_before == MAX_QUEUE or (
                         bytes_before > 0 and bytes_before + array.nbytes > MAX_QUEUE_BYTES
                     )
@@ -136,6 +140,7 @@ class BatcherMachine(RuleBasedStateMachine):
             self.refused += 1
             return
         assert 1 <= rows <= MAX_BATCH and not self.closed
+        queued_before, bytes_before = before
         assert (
             via_infer
             or (queued_before < MAX_QUEUE and bytes_before + array.nbytes <= MAX_QUEUE_BYTES)
