@@ -263,7 +263,9 @@ class AsyncInferenceClient:
                 response = await self._images.Classify(images_request, timeout=self._timeout(timeout))
             except grpc.RpcError as error:
                 raise_error(error)
-            self._note_answer((response.model_name, plan.version), response.model_version)
+            convert.forget_replaced(
+                self._metadata, (response.model_name, plan.version), response.model_version
+            )
             from_images = convert.classifications_from_proto(response)
         from_tensors: list[Classification] = []
         if plan.tensors:
@@ -274,12 +276,6 @@ class AsyncInferenceClient:
         return plan.results(from_images, from_tensors)
 
     # Metadata freshness (the same rules as the synchronous client) --------------------------------
-
-    def _note_answer(self, key: tuple[str, str], version: str) -> None:
-        """Drop cached metadata that an answer from model ``version`` shows to be out of date."""
-        cached = self._metadata.get(key)
-        if cached is not None and convert.answered_by_another_version(cached, version):
-            self._metadata.pop(key, None)
 
     async def _infer_with_metadata(
         self,
@@ -307,7 +303,7 @@ class AsyncInferenceClient:
         except grpc.RpcError as exc:
             error = exc
         else:
-            self._note_answer(key, response.model_version)
+            convert.forget_replaced(self._metadata, key, response.model_version)
             return response
         fresh = await self._changed_metadata(error, key, metadata, timeout)
         if fresh is None:
@@ -317,7 +313,7 @@ class AsyncInferenceClient:
             response = await self._inference.ModelInfer(request, timeout=self._timeout(timeout))
         except grpc.RpcError as exc:
             raise_error(exc)
-        self._note_answer(key, response.model_version)
+        convert.forget_replaced(self._metadata, key, response.model_version)
         return response
 
     async def _changed_metadata(

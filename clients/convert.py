@@ -96,9 +96,11 @@ def check_outputs(outputs: object) -> tuple[str, ...]:
     return names
 
 
-def answered_by_another_version(metadata: ModelMetadata, version: str) -> bool:
-    """Whether an answer from model ``version`` shows that ``metadata`` describes a replaced version."""
-    return bool(version) and version not in metadata.versions
+def forget_replaced(cache: dict[tuple[str, str], ModelMetadata], key: tuple[str, str], version: str) -> None:
+    """Drop cached metadata that an answer from model ``version`` shows to describe a replaced version."""
+    cached = cache.get(key)
+    if cached is not None and version and version not in cached.versions:
+        cache.pop(key, None)
 
 
 def channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[tuple[str, Any]]:

@@ -219,7 +219,9 @@ class InferenceClient:
                 response = self._images.Classify(images_request, timeout=self._timeout(timeout))
             except grpc.RpcError as error:
                 raise_error(error)
-            self._note_answer((response.model_name, plan.version), response.model_version)
+            convert.forget_replaced(
+                self._metadata, (response.model_name, plan.version), response.model_version
+            )
             from_images = convert.classifications_from_proto(response)
         from_tensors: list[Classification] = []
         if plan.tensors:
@@ -230,12 +232,6 @@ class InferenceClient:
         return plan.results(from_images, from_tensors)
 
     # Metadata freshness ---------------------------------------------------------------------------
-
-    def _note_answer(self, key: tuple[str, str], version: str) -> None:
-        """Drop cached metadata that an answer from model ``version`` shows to be out of date."""
-        cached = self._metadata.get(key)
-        if cached is not None and convert.answered_by_another_version(cached, version):
-            self._metadata.pop(key, None)
 
     def _infer_with_metadata(
         self,
@@ -263,7 +259,7 @@ class InferenceClient:
         except grpc.RpcError as exc:
             error = exc
         else:
-            self._note_answer(key, response.model_version)
+            convert.forget_replaced(self._metadata, key, response.model_version)
             return response
         fresh = self._changed_metadata(error, key, metadata, timeout)
         if fresh is None:
@@ -273,7 +269,7 @@ class InferenceClient:
             response = self._inference.ModelInfer(request, timeout=self._timeout(timeout))
         except grpc.RpcError as exc:
             raise_error(exc)
-        self._note_answer(key, response.model_version)
+        convert.forget_replaced(self._metadata, key, response.model_version)
         return response
 
     def _changed_metadata(
