@@ -201,7 +201,13 @@ def test_bench_on_streams_counts_add_up(server: RunningServer, tmp_path: Path) -
 
 
 def test_bench_stream_failures_are_counted(server: RunningServer, tmp_path: Path) -> None:
-    """A stream that hits its deadline (the slow model holds requests for 2 s) is a counted failure."""
+    """A stream that hits its deadline (the slow model holds requests for 2 s) is a counted failure.
+
+    Each request on a stream carries the stream's deadline, so two correct outcomes race: the
+    server's batcher answers a queued request in-stream that it expired (STREAM_ERROR), or
+    gRPC ends the stream with DEADLINE_EXCEEDED first. Either way nothing succeeds and every
+    request sent is counted under one of those two names.
+    """
     out = tmp_path / "bench.json"
     done = _run(
         "clients.bench",
@@ -223,5 +229,6 @@ def test_bench_stream_failures_are_counted(server: RunningServer, tmp_path: Path
     )
     assert done.returncode == 0, done.stderr
     [level] = json.loads(out.read_text())["levels"]
-    assert level["sent"] == 2 == level["failed"].get("DEADLINE_EXCEEDED")
     assert level["succeeded"] == 0
+    assert set(level["failed"]) <= {"DEADLINE_EXCEEDED", "STREAM_ERROR"}, level["failed"]
+    assert level["sent"] == 2 == sum(level["failed"].values())

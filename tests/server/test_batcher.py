@@ -268,9 +268,26 @@ class OnThread:
 
 
 async def test_tiny_batches_run_inline_and_slow_ones_on_the_instance_thread() -> None:
-    """Once a batch's measured compute is below the inline limit, batches skip the thread hand-off."""
-    fast, slow = OnThread(), OnThread(delay=0.01)
-    batchers = [_greedy_batcher(run, greedy=True, delay=0.0) for run in (fast, slow)]
+    """Once a batch's measured compute is below the inline limit, batches skip the thread hand-off.
+
+    The limit is 20 ms here, not the default 200 µs: the fast runner's first batch, measured on
+    its thread, must come in under it even when a busy machine preempts that thread (a 200 µs
+    limit failed in CI that way); the slow runner sleeps 50 ms, over any limit.
+    """
+    fast, slow = OnThread(), OnThread(delay=0.05)
+    batchers = [
+        DynamicBatcher(
+            "m",
+            run,
+            instances=1,
+            max_batch_size=8,
+            max_queue_delay_s=0.0,
+            max_queue_size=64,
+            greedy=True,
+            inline_compute_s=0.02,
+        )
+        for run in (fast, slow)
+    ]
     for batcher in batchers:
         batcher.start()
     try:
