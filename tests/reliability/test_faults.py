@@ -55,6 +55,11 @@ from server import InferenceServer, create_server
 
 HELD = BatchingConfig(max_batch_size=64, max_queue_delay_us=0, max_queue_size=256)
 HELD_X = np.ones((1, 3, 96, 96), np.float32)
+# 'held' computes a sample in about 25 ms here: a first request of one sample could finish
+# before the requests sent behind it reach the queue, or before a 50 ms deadline (CI saw a
+# request that was meant to expire computed). 32 samples keep the one instance busy for most
+# of a second, many such delays long.
+BLOCKER_X = np.ones((32, 3, 96, 96), np.float32)
 
 
 @pytest.fixture
@@ -62,8 +67,8 @@ async def in_process(
     fleet: tuple[Path, dict[str, TinyModel]],
 ) -> AsyncIterator[tuple[InferenceServer, Path, dict[str, TinyModel], int]]:
     repo, models = fleet
-    # 'held' computes for a good fraction of a second per sample on one instance: requests sent
-    # behind a first one are reliably still queued when the fault hits.
+    # 'held' computes for about 25 ms per sample on one instance; the tests wait for the queue
+    # states they need (_computing_alone, _until) rather than relying on that time.
     publish_slow(repo, "held", layers=16, size=96, batching=HELD)
     server, port = await create_server(
         settings_for(repo, allow_model_control=True, grace_period=2.0, metrics_port=0)
@@ -154,12 +159,12 @@ async def _others_serve(port: int, models: dict[str, TinyModel], *names: str) ->
 async def test_client_cancels_mid_request(
     in_process: tuple[InferenceServer, Path, dict[str, TinyModel], int],
 ) -> None:
-    """CANCELLED on the 20 cancelled calls; /metrics: 20 failures 'cancelled', 1 sample computed (the batch already running), the 19 queued never computed."""
+    """CANCELLED on the 20 cancelled calls; /metrics: 20 failures 'cancelled', only the 32 samples of the batch already running computed, the 19 queued never."""
     server, _repo, models, port = in_process
     batcher = server.manager.get("held").batcher
     async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        first = stub.ModelInfer(infer_request("held", HELD_X))
+        first = stub.ModelInfer(infer_request("held", BLOCKER_X))
         await _computing_alone(server, "held")
         calls = [first, *(stub.ModelInfer(infer_request("held", HELD_X)) for _ in range(19))]
         await _until(lambda: batcher.queued == 19, "19 requests queued behind the computing one")
@@ -176,22 +181,22 @@ async def test_client_cancels_mid_request(
         counters = await _counted(server, "held", lambda c: c.failed == 20, idle=True)
         # The first was computing when it was cancelled: its batch finishes and counts. The 19
         # queued left the queue when their callers cancelled and were never computed.
-        assert counters == ModelCounters(success=0, failures={"cancelled": 20}, samples=1, batches=1)
+        assert counters == ModelCounters(success=0, failures={"cancelled": 20}, samples=32, batches=1)
         await stub.ModelInfer(infer_request("held", HELD_X), timeout=30)
         after = await _counters(server, "held")
-        assert (after.success, after.samples, after.batches) == (1, 2, 2)
+        assert (after.success, after.samples, after.batches) == (1, 33, 2)
     await _others_serve(port, models, "tiny", "wide")
 
 
 async def test_client_vanishes_mid_request(
     in_process: tuple[InferenceServer, Path, dict[str, TinyModel], int],
 ) -> None:
-    """Nothing (the client is gone); /metrics: its 20 calls end answered or 'cancelled', 1 sample computed, the 19 queued never computed."""
+    """Nothing (the client is gone); /metrics: its 20 calls end answered or 'cancelled', only the first call's 32 samples computed, the 19 queued never."""
     server, _repo, models, port = in_process
     batcher = server.manager.get("held").batcher
     channel = aio.insecure_channel(f"127.0.0.1:{port}")
     stub = pb_grpc.GRPCInferenceServiceStub(channel)
-    calls = [asyncio.ensure_future(stub.ModelInfer(infer_request("held", HELD_X)))]
+    calls = [asyncio.ensure_future(stub.ModelInfer(infer_request("held", BLOCKER_X)))]
     await _computing_alone(server, "held")
     calls += [asyncio.ensure_future(stub.ModelInfer(infer_request("held", HELD_X))) for _ in range(19)]
     await _until(lambda: batcher.queued == 19, "19 requests queued behind the computing one")
@@ -201,18 +206,18 @@ async def test_client_vanishes_mid_request(
     assert sum(isinstance(r, (grpc.aio.AioRpcError, asyncio.CancelledError)) for r in results) >= 19
     counters = await _counted(server, "held", lambda c: c.success + c.failed == 20, idle=True)
     assert set(counters.failures) == {"cancelled"} and counters.failed >= 19, counters
-    assert (counters.samples, counters.batches) == (1, 1), counters
+    assert (counters.samples, counters.batches) == (32, 1), counters
     await _others_serve(port, models, "tiny", "wide")
 
 
 async def test_expired_deadline(
     in_process: tuple[InferenceServer, Path, dict[str, TinyModel], int],
 ) -> None:
-    """DEADLINE_EXCEEDED at the client's deadline; /metrics: 1 answered, 1 failed, 1 sample computed: the expired request never was."""
+    """DEADLINE_EXCEEDED at the client's deadline; /metrics: 1 answered, 1 failed, only the blocker's 32 samples computed: the expired request never was."""
     server, _repo, models, port = in_process
     async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        blocker = asyncio.ensure_future(stub.ModelInfer(infer_request("held", HELD_X), timeout=30))
+        blocker = asyncio.ensure_future(stub.ModelInfer(infer_request("held", BLOCKER_X), timeout=60))
         # The short-deadline request must queue behind the blocker's batch, not join it.
         await _computing_alone(server, "held")
         with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -223,7 +228,7 @@ async def test_expired_deadline(
         # The batcher's deadline timer and gRPC's own cancellation at the deadline race: either
         # reason may be recorded, once.
         assert counters.failures in ({"deadline_exceeded": 1}, {"cancelled": 1}), counters
-        assert (counters.success, counters.samples, counters.batches) == (1, 1, 1), counters
+        assert (counters.success, counters.samples, counters.batches) == (1, 32, 1), counters
     await _others_serve(port, models, "tiny", "wide")
 
 
