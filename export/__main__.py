@@ -4,6 +4,7 @@ Examples::
 
     python -m export --list
     python -m export resnet18
+    python -m export resnet18 --quantize int8      # also publishes resnet18_int8
     python -m export lenet nin --epochs 5 --repository ./model_repository
     python -m export --all --skip-existing
 """
@@ -14,6 +15,14 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+
+# Light (no torch): the flags' help text quotes the gate.
+from export.quantize import (
+    DEFAULT_CALIBRATION_SAMPLES,
+    MAX_ACCURACY_DROP,
+    MIN_TOP1_AGREEMENT,
+    QUANTIZED_SUFFIX,
+)
 
 DEFAULT_MODELS = ("lenet", "resnet18")
 
@@ -56,6 +65,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--weights-file", type=Path, help="ImageNet checkpoint (state dict) to fine-tune from"
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=sorted(QUANTIZED_SUFFIX),
+        help="also publish NAME_int8, statically quantized and calibrated on training images; neither "
+        f"model is published unless its test accuracy drops by at most {MAX_ACCURACY_DROP * 100:.1f} "
+        f"percentage points and it agrees with the FP32 model on at least {MIN_TOP1_AGREEMENT * 100:g}%% "
+        "of the test images",
+    )
+    parser.add_argument(
+        "--calibration-samples",
+        type=int,
+        default=DEFAULT_CALIBRATION_SAMPLES,
+        help=f"training images used to calibrate --quantize (default: {DEFAULT_CALIBRATION_SAMPLES})",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -111,6 +134,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
         ("--batch-size", args.batch_size),
         ("--max-train-samples", args.max_train_samples),
         ("--image-size", args.image_size),
+        ("--calibration-samples", args.calibration_samples),
     ):
         _positive(parser, flag, value)
     if args.weights_file is not None and len(names) > 1:
@@ -130,18 +154,20 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
         weights_file=args.weights_file,
         skip_existing=args.skip_existing,
         progress=not args.no_progress,
+        quantize=args.quantize,
+        calibration_samples=args.calibration_samples,
     )
     logger = logging.getLogger("export")
     failed: list[str] = []
     for name in dict.fromkeys(names):
         try:
-            version = export_model(name, options)
+            versions = export_model(name, options)
         except Exception as exc:
             logger.error("%s: export failed: %s", name, exc, exc_info=logger.isEnabledFor(logging.DEBUG))
             failed.append(name)
             continue
-        if version is not None:
-            print(f"{name}: published version {version.version} at {version.path}")
+        for version in versions:
+            print(f"{version.name}: published version {version.version} at {version.path}")
     if failed:
         logger.error("failed: %s", ", ".join(failed))
         return 1

@@ -22,14 +22,39 @@ DEFAULT_ACCURACY_TARGET = 0.95
 TIME_LIMIT_MINUTES = 10.0
 
 
-def _verdict(name: str, accuracy: float, minutes: float) -> str:
-    target = ACCURACY_TARGETS.get(name, DEFAULT_ACCURACY_TARGET)
+def _reference(name: str, meta: dict[str, Any]) -> str:
+    """The FP32 model an INT8 variant was quantized from (itself for an FP32 model)."""
+    return str(meta.get("quantization", {}).get("reference", {}).get("model", name))
+
+
+def _verdict(name: str, meta: dict[str, Any], accuracy: float, minutes: float) -> str:
+    target = ACCURACY_TARGETS.get(_reference(name, meta), DEFAULT_ACCURACY_TARGET)
     misses = []
     if accuracy < target:
         misses.append(f"accuracy < {target:.0%}")
     if minutes > TIME_LIMIT_MINUTES:
         misses.append(f"time > {TIME_LIMIT_MINUTES:.0f} min")
     return "**missed: " + ", ".join(misses) + "**" if misses else f"yes (>= {target:.0%})"
+
+
+def _evidence(meta: dict[str, Any]) -> str:
+    """FP32: parity with PyTorch. INT8: its gate against the FP32 model."""
+    quantization = meta.get("quantization")
+    if quantization is not None:
+        change = -quantization["accuracy_drop"] * 100 or 0.0  # never "-0.00"
+        return f"vs FP32: {change:+.2f} pt accuracy, top-1 agreement {quantization['top1_agreement']:.1%}"
+    parity = meta["parity"]
+    return (
+        f"parity: max abs diff {parity['max_abs_diff']:.1e}, top-1 agreement {parity['top1_agreement']:.0%}"
+    )
+
+
+def _speed(meta: dict[str, Any]) -> str:
+    """This model's images per second in the export's own measurement (batch 32, median)."""
+    speed = meta.get("speed")
+    if not speed:
+        return "-"
+    return f"{speed['images_per_second'][meta.get('precision', 'fp32')]:,.0f}"
 
 
 def _provenance(meta: dict[str, Any]) -> tuple[str, str]:
@@ -52,9 +77,9 @@ def _provenance(meta: dict[str, Any]) -> tuple[str, str]:
 def table(repository: Path) -> str:
     """A Markdown table with one row per model in ``repository`` (its latest version)."""
     rows = [
-        "| model | source | weights | parameters | input | epochs | export time | test acc. (ONNX) "
-        "| max abs parity diff | top-1 agreement | target met |",
-        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---|",
+        "| model | source | weights | precision | parameters | input | epochs | export time "
+        "| test acc. (ONNX) | evidence | images/s (batch 32) | target met |",
+        "|---|---|---|---|---:|---|---:|---:|---:|---|---:|---|",
     ]
     for name in modelrepo.list_models(repository):
         version = modelrepo.read_version(repository, name, modelrepo.latest_version(repository, name) or 0)
@@ -62,11 +87,10 @@ def table(repository: Path) -> str:
         source, weights = _provenance(meta)
         accuracy, minutes = meta["test_accuracy"]["onnx"], meta["export_seconds"] / 60
         rows.append(
-            f"| `{name}` | {source} | {weights} | {meta.get('parameters', 0):,} "
-            f"| {'x'.join(map(str, shape))} | {meta['training']['epochs_run']} "
-            f"| {minutes:.1f} min | {accuracy * 100:.2f}% "
-            f"| {meta['parity']['max_abs_diff']:.1e} | {meta['parity']['top1_agreement'] * 100:.0f}% "
-            f"| {_verdict(name, accuracy, minutes)} |"
+            f"| `{name}` | {source} | {weights} | {meta.get('precision', 'fp32')} "
+            f"| {meta.get('parameters', 0):,} | {'x'.join(map(str, shape))} "
+            f"| {meta['training']['epochs_run']} | {minutes:.1f} min | {accuracy * 100:.2f}% "
+            f"| {_evidence(meta)} | {_speed(meta)} | {_verdict(name, meta, accuracy, minutes)} |"
         )
     return "\n".join(rows)
 
