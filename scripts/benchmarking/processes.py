@@ -49,7 +49,8 @@ class ServerProcess:
         self.command = list(command)
         self.port = port
         # Closed in __exit__; the server writes its log here for error reports.
-        self.log_file = tempfile.TemporaryFile()  # noqa: SIM115
+        # Append mode: the server writes at the end whatever position log_tail() reads from.
+        self.log_file = tempfile.TemporaryFile(mode="a+b")  # noqa: SIM115
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -76,6 +77,15 @@ class ServerProcess:
     def __enter__(self) -> ServerProcess:
         log("$ " + self.shown_command())
         self.proc = subprocess.Popen(self.command, cwd=ROOT, stdout=self.log_file, stderr=subprocess.STDOUT)
+        try:
+            return self._wait_until_ready()
+        except BaseException:
+            # ``with`` runs __exit__ only after __enter__ returned: stop what was started here.
+            self.__exit__()
+            raise
+
+    def _wait_until_ready(self) -> ServerProcess:
+        assert self.proc is not None
         deadline = time.monotonic() + START_TIMEOUT_S
         with InferenceClient(self.address, timeout=2) as client:
             while time.monotonic() < deadline:

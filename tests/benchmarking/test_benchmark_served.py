@@ -7,9 +7,13 @@ import json
 import shlex
 from pathlib import Path
 
+import pytest
 from benchmarking.models import model_facts
 from benchmarking.plan import Plan
+from benchmarking.processes import BareServer
 from benchmarking.served import ServedConfig, measure_group
+
+from clients import InferenceClient
 
 CONFIGS = [
     ServedConfig("tiny", "tiny", "our server, unary", "tiny", default=True),
@@ -66,3 +70,17 @@ def test_configurations_run_interleaved_against_real_servers(tiny_repository: Pa
     assert _flag(ours.bench_command, "--server-pid") == _flag(stream.bench_command, "--server-pid")
     assert "--stream" in shlex.split(stream.bench_command)
     assert json.loads((tmp_path / "tiny-stream-repeat-2.json").read_text())["levels"][0]["api"] == "stream"
+
+
+def test_a_server_that_never_becomes_ready_is_stopped(tiny_repository: Path) -> None:
+    """The start-up wait raising (here: the readiness probe) must not leave the server running."""
+
+    class NeverReady(BareServer):
+        def ready(self, client: InferenceClient) -> bool:
+            raise RuntimeError("never ready")
+
+    server = NeverReady(tiny_repository / "tiny" / "1" / "model.onnx", "tiny", threads=1)
+    with pytest.raises(RuntimeError, match="never ready"), server:
+        pass
+    assert server.proc is not None and server.proc.poll() is not None  # stopped, not left running
+    assert server.log_file.closed
