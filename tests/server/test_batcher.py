@@ -222,6 +222,32 @@ async def test_greedy_batcher_still_batches_concurrent_requests() -> None:
     assert len(run.batches) <= 20, f"no batching under load: {run.batches}"
 
 
+async def test_a_closed_loop_does_not_wait_for_company_that_cannot_come() -> None:
+    """Four callers that each send again when answered: once all four are queued the batch goes.
+
+    No fifth request can arrive while they wait, so waiting out the queue delay (0.5 s here)
+    before every batch would only add it to every request: 5 rounds, 2.5 s, on the old batcher.
+    """
+    run = SlowDouble(0.0)
+    batcher = _greedy_batcher(run, greedy=True, delay=0.5)
+    batcher.start()
+    loop = asyncio.get_running_loop()
+
+    async def caller(i: int) -> list[np.ndarray]:
+        return [await batcher.infer(np.full((1, 1), float(i), np.float32)) for _ in range(5)]
+
+    started = loop.time()
+    try:
+        results = await asyncio.gather(*(caller(i) for i in range(4)))
+    finally:
+        await batcher.close()
+    elapsed = loop.time() - started
+    for i, outputs in enumerate(results):
+        np.testing.assert_array_equal(np.concatenate(outputs), np.full((5, 1), 2.0 * i))
+    assert run.batches == [4] * 5, run.batches
+    assert elapsed < 1.25, f"the batches waited for company that could not come: {elapsed:.2f} s"
+
+
 async def test_callers_answered_by_a_long_batch_can_join_the_next() -> None:
     """After a long batch the instance waits for the callers it answered, not only max_queue_delay.
 
