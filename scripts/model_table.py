@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Print the docs table of exported models from a model repository's published metadata.
 
-Usage: ``python scripts/model_table.py [REPOSITORY]`` (default ``model_repository``).
+Usage: ``python scripts/model_table.py [REPOSITORY] [--int8]`` (default ``model_repository``;
+``--int8``: the INT8 models' gate and speed against their FP32 references).
 Reads the latest version of each model; needs only the standard library and modelrepo.
 """
 
@@ -95,13 +96,39 @@ def table(repository: Path) -> str:
     return "\n".join(rows)
 
 
+def int8_table(repository: Path) -> str:
+    """One row per INT8 model in ``repository``: its gate figures and speed beside its FP32 reference's."""
+    rows = [
+        "| model | FP32 test acc. | INT8 test acc. | top-1 agreement | calibration images "
+        "| FP32 images/s | INT8 images/s | INT8 / FP32 speed |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in modelrepo.list_models(repository):
+        version = modelrepo.read_version(repository, name, modelrepo.latest_version(repository, name) or 0)
+        meta = version.metadata
+        quantization = meta.get("quantization")
+        if quantization is None:
+            continue
+        speed = meta.get("speed", {}).get("images_per_second", {})
+        fp32, int8 = speed.get("fp32"), speed.get(meta.get("precision", "int8"))
+        ratio = f"{int8 / fp32:.2f}x" if fp32 and int8 else "-"
+        rows.append(
+            f"| `{quantization['reference']['model']}` | {quantization['fp32_test_accuracy'] * 100:.2f}% "
+            f"| {quantization['quantized_test_accuracy'] * 100:.2f}% "
+            f"| {quantization['top1_agreement'] * 100:.1f}% | {quantization['calibration_samples']} "
+            f"| {fp32 or 0:,.0f} | {int8 or 0:,.0f} | {ratio} |"
+        )
+    return "\n".join(rows)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("repository", nargs="?", type=Path, default=Path("model_repository"))
+    parser.add_argument("--int8", action="store_true", help="the INT8 models against their FP32 references")
     args = parser.parse_args()
     if not modelrepo.list_models(args.repository):
         parser.error(f"no models in {args.repository}")
-    print(table(args.repository))
+    print(int8_table(args.repository) if args.int8 else table(args.repository))
     return 0
 
 

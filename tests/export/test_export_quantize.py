@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
-from export_testlib import run_export
+from export_testlib import ROOT, run_export
 from torch import nn
 
 import modelrepo
@@ -102,6 +104,21 @@ def test_lenet_int8_is_published_beside_fp32_with_its_evidence(tmp_path: Path) -
     assert float((int8_top1 == data.test.y).mean()) == pytest.approx(meta["test_accuracy"]["onnx"])
     assert float((int8_top1 == fp32_top1).mean()) == pytest.approx(quantization["top1_agreement"])
     assert quantization["top1_agreement"] >= MIN_TOP1_AGREEMENT
+
+    # The docs' INT8 table, as the docs say to make it, shows these figures.
+    table = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "model_table.py"), str(repository), "--int8"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout.splitlines()  # fmt: skip
+    [row] = [line for line in table if line.startswith("| `lenet` |")]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[1:5] == [
+        f"{quantization['fp32_test_accuracy'] * 100:.2f}%",
+        f"{quantization['quantized_test_accuracy'] * 100:.2f}%",
+        f"{quantization['top1_agreement'] * 100:.1f}%",
+        "512",
+    ]
+    assert cells[7] == f"{speed['int8'] / speed['fp32']:.2f}x"
 
 
 class _OutlierChannel(nn.Module):
