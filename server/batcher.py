@@ -24,7 +24,7 @@ When a worker takes a batch (the policy, measured in ``docs/benchmarks.md``):
   :data:`CROWD_WINDOW_S`, so no one else is likely to join, and a lone request is
   never delayed;
 - at once (greedy) when the queue holds as many requests as were ever in flight together
-  during the last :data:`CROWD_WINDOW_S` (counted from submit to release, so a
+  during this and the previous :data:`CROWD_WINDOW_S` (counted from submit to release, so a
   request is in flight while its caller prepares or sends its answer): the usual
   crowd is all here, and no one else is known to be on the way. Without this rule
   a closed loop of four callers waited the whole ``max_queue_delay`` before every
