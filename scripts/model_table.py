@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,12 @@ def _provenance(meta: dict[str, Any]) -> tuple[str, str]:
     return source, "random initialisation" if init.startswith("random") else init
 
 
+def _latest_versions(repository: Path) -> Iterator[modelrepo.ModelVersion]:
+    """The latest version of each model in ``repository``, by name."""
+    for name in modelrepo.list_models(repository):
+        yield modelrepo.read_version(repository, name, modelrepo.latest_version(repository, name) or 0)
+
+
 def table(repository: Path) -> str:
     """A Markdown table with one row per model in ``repository`` (its latest version)."""
     rows = [
@@ -82,9 +89,8 @@ def table(repository: Path) -> str:
         "| test acc. (ONNX) | evidence | images/s (batch 32) | target met |",
         "|---|---|---|---|---:|---|---:|---:|---:|---|---:|---|",
     ]
-    for name in modelrepo.list_models(repository):
-        version = modelrepo.read_version(repository, name, modelrepo.latest_version(repository, name) or 0)
-        meta, shape = version.metadata, version.config.input.shape
+    for version in _latest_versions(repository):
+        name, meta, shape = version.name, version.metadata, version.config.input.shape
         source, weights = _provenance(meta)
         accuracy, minutes = meta["test_accuracy"]["onnx"], meta["export_seconds"] / 60
         rows.append(
@@ -103,8 +109,7 @@ def int8_table(repository: Path) -> str:
         "| FP32 images/s | INT8 images/s | INT8 / FP32 speed |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name in modelrepo.list_models(repository):
-        version = modelrepo.read_version(repository, name, modelrepo.latest_version(repository, name) or 0)
+    for version in _latest_versions(repository):
         meta = version.metadata
         quantization = meta.get("quantization")
         if quantization is None:
