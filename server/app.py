@@ -64,9 +64,11 @@ class InferenceServer:
     async def stop(self, grace: float | None = None) -> None:
         """Graceful shutdown; safe to call more than once.
 
-        Health turns NOT_SERVING and new requests are refused with UNAVAILABLE at once;
-        queued and running requests get up to ``grace`` seconds (default: the
-        settings' grace period) to finish; then sessions and ports are released.
+        Health and ServerReady turn NOT_SERVING at once; requests are still served for the
+        settings' shutdown delay (0 by default), so that load balancers stop sending first;
+        then new requests are refused with UNAVAILABLE, and queued and running ones get up
+        to ``grace`` seconds (default: the settings' grace period) to finish; then sessions
+        and ports are released.
         """
         if self._stop_task is None:
             self._stop_task = asyncio.ensure_future(
@@ -76,11 +78,17 @@ class InferenceServer:
 
     async def _stop(self, grace: float) -> None:
         started = time.monotonic()
-        logger.info("shutting down: finishing admitted requests (grace %.1fs)", grace)
+        self.plane.leaving = True
         await self.health.enter_graceful_shutdown()
+        delay = self.settings.shutdown_delay
+        if delay > 0:
+            logger.info("shutting down: serving %.1fs more while health says NOT_SERVING", delay)
+            await asyncio.sleep(delay)
+        logger.info("shutting down: finishing admitted requests (grace %.1fs)", grace)
+        draining = time.monotonic()
         await self.plane.shutdown(grace)
         # Admitted inference is done; whatever is left (open streams, metadata calls) gets a short grace.
-        await self.grpc_server.stop(max(0.0, min(1.0, grace - (time.monotonic() - started))))
+        await self.grpc_server.stop(max(0.0, min(1.0, grace - (time.monotonic() - draining))))
         for model in self.manager.loaded():
             s = model.stats
             # What this process computed, for operators and for tests that check it against clients.

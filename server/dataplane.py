@@ -48,13 +48,16 @@ class DataPlane:
         self._idle.set()
         #: Set when shutdown begins: open streams stop reading and end with UNAVAILABLE.
         self.stopping = asyncio.Event()
+        #: Set by a stop signal: not ready any more, though requests are still served until
+        #: :meth:`shutdown` (the server's shutdown delay).
+        self.leaving = False
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
     @property
     def ready(self) -> bool:
-        """Serving: not shutting down and at least one model ready."""
-        return not self.manager.shutting_down and bool(self.manager.loaded())
+        """Serving: not leaving or shutting down, and at least one model ready."""
+        return not self.leaving and not self.manager.shutting_down and bool(self.manager.loaded())
 
     async def shutdown(self, timeout: float) -> bool:
         """Refuse new requests, then wait up to ``timeout`` s for the admitted ones to finish."""

@@ -75,6 +75,9 @@ class Settings:
     #: Server processes sharing the gRPC port (SO_REUSEPORT); worker i serves metrics on
     #: metrics_port + i.
     workers: int = 1
+    #: Seconds a stopping server keeps serving, health already NOT_SERVING, before it refuses new
+    #: requests: long enough for a health-checking load balancer to stop sending it any.
+    shutdown_delay: float = 0.0
     grace_period: float = 10.0
     max_message_bytes: int = 64 * MiB
     max_image_pixels: int = 4096 * 4096
@@ -119,6 +122,8 @@ class Settings:
             raise ValueError(f"max_queue_delay_us is {self.max_queue_delay_us}; expected >= 0")
         if not self.grace_period >= 0 or math.isinf(self.grace_period):
             raise ValueError(f"grace_period is {self.grace_period}; expected >= 0")
+        if not self.shutdown_delay >= 0 or math.isinf(self.shutdown_delay):
+            raise ValueError(f"shutdown_delay is {self.shutdown_delay}; expected >= 0")
         if self.log_format not in ("text", "json"):
             raise ValueError(f"log_format is {self.log_format!r}; expected 'text' or 'json'")
         if self.max_message_bytes < 1 * MiB:
@@ -307,6 +312,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=d.workers,
         help="server processes sharing the port (SO_REUSEPORT); worker i serves metrics on port + i",
     )
+    p.add_argument(
+        "--shutdown-delay",
+        type=_seconds,
+        default=d.shutdown_delay,
+        help="seconds to keep serving after a stop signal, health NOT_SERVING, before refusing new requests "
+        "(so a health-checking load balancer stops sending first; default 0)",
+    )
     p.add_argument("--grace-period", type=_seconds, default=d.grace_period, help="seconds to drain on stop")
     p.add_argument(
         "--max-message-bytes",
@@ -439,6 +451,7 @@ def settings_from_args(
             intra_op_threads=args.intra_op_threads,
             greedy_batching=args.greedy_batching,
             workers=args.workers,
+            shutdown_delay=args.shutdown_delay,
             grace_period=args.grace_period,
             max_message_bytes=args.max_message_bytes,
             max_image_pixels=args.max_image_pixels,

@@ -287,7 +287,9 @@ class _Supervisor:
         for process in serving + starting:
             if process.is_alive() and process.pid is not None:
                 os.kill(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + self.settings.grace_period + STOP_MARGIN_S
+        deadline = (
+            time.monotonic() + self.settings.shutdown_delay + self.settings.grace_period + STOP_MARGIN_S
+        )
         clean = True
         for process in serving + starting:
             process.join(max(0.0, deadline - time.monotonic()))

@@ -248,3 +248,32 @@ async def test_repository_scans_run_off_the_event_loop(
     await running.infer.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="tinyrgb"))
     assert len(threads) >= 3
     assert threading.main_thread().name not in threads
+
+
+async def test_shutdown_delay_keeps_serving_while_health_says_not_serving(tmp_path: Path) -> None:
+    """A stop signal turns health and ServerReady NOT_SERVING at once; inference goes on for the
+    shutdown delay (what a load balancer needs to stop sending), and only then does the server stop."""
+    delay = 1.5
+    models = {"tiny": publish_tiny(tmp_path, "tiny", seed=3)}
+    running = await start(tmp_path, models, shutdown_delay=delay)
+    batch = np.zeros((1, 1, 8, 8), np.float32)
+    try:
+        began = asyncio.get_running_loop().time()
+        stopping = asyncio.ensure_future(running.server.stop())
+        await asyncio.sleep(0.2)
+        assert set((await _health(running.channel)).values()) == {health_pb2.HealthCheckResponse.NOT_SERVING}
+        assert not (await running.infer.ServerReady(pb.ServerReadyRequest())).ready
+        for _ in range(3):
+            response = await running.infer.ModelInfer(infer_request("tiny", batch))
+            got = np.frombuffer(response.raw_output_contents[0], np.float32).reshape(1, -1)
+            np.testing.assert_allclose(got, models["tiny"].expected(batch), rtol=1e-4, atol=1e-4)
+            await asyncio.sleep(0.3)
+        assert not stopping.done(), "the server stopped before its shutdown delay ended"
+        await asyncio.wait_for(stopping, delay + 5)
+        assert asyncio.get_running_loop().time() - began >= delay
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await running.infer.ModelInfer(infer_request("tiny", batch), timeout=5)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await running.channel.close(None)
+        await running.server.stop(0)
