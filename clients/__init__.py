@@ -11,7 +11,9 @@
 
 :class:`AsyncInferenceClient` has the same methods as coroutines. Every failure is
 an :class:`InferenceServerError` carrying the gRPC status code and the server's
-message. Importing this package never imports onnxruntime or torch.
+message. ``retry=RetryPolicy()`` lets gRPC send again the calls that are safe to repeat
+when a replica or proxy refuses them with UNAVAILABLE (off by default; :mod:`clients.retry`).
+Importing this package never imports onnxruntime or torch.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from clients.aio import AsyncInferenceClient
     from clients.errors import InferenceServerError
+    from clients.retry import RetryPolicy
     from clients.sync import InferenceClient
     from clients.types import Classification, ClassScore, ModelIndexEntry, ModelMetadata, TensorMetadata
 
@@ -35,6 +38,7 @@ _EXPORTS = {
     "InferenceServerError": "clients.errors",
     "ModelIndexEntry": "clients.types",
     "ModelMetadata": "clients.types",
+    "RetryPolicy": "clients.retry",
     "TensorMetadata": "clients.types",
 }
 
@@ -46,6 +50,7 @@ __all__ = [
     "InferenceServerError",
     "ModelIndexEntry",
     "ModelMetadata",
+    "RetryPolicy",
     "TensorMetadata",
 ]
 

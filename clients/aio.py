@@ -16,6 +16,7 @@ from clients import convert
 from clients.auth import AioBearerToken
 from clients.convert import ImageLike
 from clients.errors import InferenceServerError, InvalidArgumentError, raise_error
+from clients.retry import RetryPolicy
 from clients.types import Classification, ModelIndexEntry, ModelMetadata
 from protocol import (
     grpc_service_pb2,
@@ -35,8 +36,8 @@ class AsyncInferenceClient:
     :class:`~clients.errors.InferenceServerError`; arguments it refuses to send raise its
     subclass :class:`~clients.errors.InvalidArgumentError`. Use it as an async context
     manager, or await :meth:`close`. ``token`` sends ``authorization: Bearer <token>`` on
-    every call. Cached model metadata is kept fresh across model swaps as in
-    :class:`~clients.sync.InferenceClient`.
+    every call. ``retry`` and the cached model metadata (kept fresh across model swaps) work as
+    in :class:`~clients.sync.InferenceClient`.
     """
 
     def __init__(
@@ -50,11 +51,12 @@ class AsyncInferenceClient:
         certificate_chain: PemSource = None,
         max_message_bytes: int = convert.DEFAULT_MAX_MESSAGE_BYTES,
         token: str | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         convert.check_name(url, "url")
         self.timeout = convert.check_timeout(timeout)
         self._interceptors: list[Any] | None = [AioBearerToken(token)] if token else None
-        self._options = convert.channel_options(max_message_bytes)
+        self._options = convert.channel_options(max_message_bytes, retry)
         self._credentials: grpc.ChannelCredentials | None = None
         if ssl or root_certificates is not None or private_key is not None:
             self._credentials = convert.tls_credentials(root_certificates, private_key, certificate_chain)

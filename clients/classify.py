@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from clients.errors import InferenceServerError
+from clients.retry import RetryPolicy, add_retries_argument
 from clients.sync import InferenceClient
 from clients.types import Classification
 
@@ -33,6 +34,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", default="", help="model version (default: the latest loaded)")
     p.add_argument("--top-k", type=int, default=1, help="classes to show per image")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the answer")
+    add_retries_argument(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--tls", action="store_true", help="use TLS (with the system's root certificates)")
     p.add_argument("--root-certificates", type=Path, default=None, help="PEM file of trusted roots")
@@ -106,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             private_key=args.client_key,
             certificate_chain=args.client_cert,
             token=args.token,
+            retry=RetryPolicy.from_retries(args.retries),
         ) as client:
             results = client.classify(images, model=args.model, top_k=args.top_k, version=args.version)
     except InferenceServerError as exc:

@@ -18,7 +18,8 @@ import grpc
 import numpy as np
 from PIL import Image
 
-from clients.errors import invalid_argument, unreadable_answer
+from clients.errors import described, invalid_argument, unreadable_answer
+from clients.retry import RetryPolicy
 from clients.types import Classification, ClassScore, ModelIndexEntry, ModelMetadata, TensorMetadata
 from modelrepo.config import DATATYPES
 from protocol import grpc_service_pb2, image_classification_pb2
@@ -34,14 +35,6 @@ _KSERVE_OF_NUMPY = {np.dtype(numpy_name): kserve for kserve, numpy_name in DATAT
 #: Answers that metadata cached before a model swap would explain: the version it describes is
 #: gone (NOT_FOUND), or the new version takes other inputs or outputs (INVALID_ARGUMENT).
 STALE_METADATA_CODES = frozenset({grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT})
-
-
-def _described(value: object) -> str:
-    """``value`` for a message: its repr, cut short, and its type."""
-    text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return f"{text} ({type(value).__name__})"
 
 
 _NAME_EXAMPLES = {
@@ -61,14 +54,14 @@ def check_name(value: object, what: str, *, optional: bool = False) -> str:
         return ""
     if not isinstance(value, str):
         example = _NAME_EXAMPLES.get(what, "a string")
-        raise invalid_argument(f"{what} is {_described(value)}; expected {example}")
+        raise invalid_argument(f"{what} is {described(value)}; expected {example}")
     return value
 
 
 def check_top_k(top_k: object) -> int:
     """``top_k`` as an int >= 1; else InvalidArgumentError."""
     if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral):
-        raise invalid_argument(f"top_k is {_described(top_k)}; expected an int >= 1")
+        raise invalid_argument(f"top_k is {described(top_k)}; expected an int >= 1")
     if top_k < 1:
         raise invalid_argument(f"top_k is {top_k}; expected >= 1")
     return int(top_k)
@@ -79,7 +72,7 @@ def check_timeout(timeout: object) -> float | None:
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not float(timeout) > 0:
-        raise invalid_argument(f"timeout is {_described(timeout)}; expected seconds > 0, or None")
+        raise invalid_argument(f"timeout is {described(timeout)}; expected seconds > 0, or None")
     return float(timeout)
 
 
@@ -88,11 +81,11 @@ def check_outputs(outputs: object) -> tuple[str, ...]:
     if isinstance(outputs, str):
         return (outputs,)
     if not isinstance(outputs, Iterable):
-        raise invalid_argument(f"outputs is {_described(outputs)}; expected a sequence of output names")
+        raise invalid_argument(f"outputs is {described(outputs)}; expected a sequence of output names")
     names = tuple(outputs)
     for name in names:
         if not isinstance(name, str):
-            raise invalid_argument(f"output name {_described(name)} is not a string; expected output names")
+            raise invalid_argument(f"output name {described(name)} is not a string; expected output names")
     return names
 
 
@@ -103,19 +96,29 @@ def forget_replaced(cache: dict[tuple[str, str], ModelMetadata], key: tuple[str,
         cache.pop(key, None)
 
 
-def channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[tuple[str, Any]]:
-    """Channel options: message caps that match the server's, so big batches are not cut off."""
-    return [
+def channel_options(
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, retry: RetryPolicy | None = None
+) -> list[tuple[str, Any]]:
+    """Channel options: message caps that match the server's, so big batches are not cut off.
+
+    With ``retry``, also gRPC's retries of the calls that are safe to repeat (:mod:`clients.retry`).
+    """
+    options: list[tuple[str, Any]] = [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
     ]
+    if retry is not None:
+        if not isinstance(retry, RetryPolicy):
+            raise invalid_argument(f"retry is {described(retry)}; expected a RetryPolicy, or None for none")
+        options += retry.channel_options(max_message_bytes)
+    return options
 
 
 def _read_pem(value: bytes | str | os.PathLike[str] | None, what: str) -> bytes | None:
     if value is None or isinstance(value, bytes):
         return value
     if not isinstance(value, str | os.PathLike):
-        raise invalid_argument(f"{what} is {_described(value)}; expected PEM bytes or the path of a PEM file")
+        raise invalid_argument(f"{what} is {described(value)}; expected PEM bytes or the path of a PEM file")
     try:
         return Path(value).read_bytes()
     except OSError as exc:
@@ -185,7 +188,7 @@ def check_inputs(
     expected = [t.name for t in metadata.inputs]
     if not isinstance(inputs, np.ndarray | Mapping):
         raise invalid_argument(
-            f"inputs is {_described(inputs)}; expected a numpy array or a dict of input name -> numpy array"
+            f"inputs is {described(inputs)}; expected a numpy array or a dict of input name -> numpy array"
         )
     if isinstance(inputs, np.ndarray):
         if len(metadata.inputs) != 1:
@@ -207,7 +210,7 @@ def check_inputs(
         array = inputs[spec.name]
         if not isinstance(array, np.ndarray):
             raise invalid_argument(
-                f"input {spec.name!r} is {_described(array)}; model {model!r} expects a numpy array "
+                f"input {spec.name!r} is {described(array)}; model {model!r} expects a numpy array "
                 f"of {spec.datatype} ({DATATYPES.get(spec.datatype, '?')})"
             )
         datatype = kserve_datatype(array.dtype)
@@ -341,7 +344,7 @@ def encode_image(item: ImageLike, index: int = 0) -> bytes:
             )
         return encode_png(Image.fromarray(item))
     raise invalid_argument(
-        f"image {index} is {_described(item)}; expected a path, bytes, a PIL image or a numpy array"
+        f"image {index} is {described(item)}; expected a path, bytes, a PIL image or a numpy array"
     )
 
 

@@ -57,6 +57,14 @@ def raise_error(error: grpc.RpcError) -> NoReturn:
     raise InferenceServerError(code or grpc.StatusCode.UNKNOWN, details or "") from None
 
 
+def described(value: object) -> str:
+    """``value`` for a message: its repr, cut short, and its type."""
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
 def invalid_argument(message: str) -> InvalidArgumentError:
     """The error for inputs the client refuses to send."""
     return InvalidArgumentError(message)

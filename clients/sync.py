@@ -14,6 +14,7 @@ from clients import convert
 from clients.auth import BearerToken
 from clients.convert import ImageLike
 from clients.errors import InferenceServerError, InvalidArgumentError, raise_error
+from clients.retry import RetryPolicy
 from clients.types import Classification, ModelIndexEntry, ModelMetadata
 from protocol import (
     grpc_service_pb2,
@@ -34,6 +35,8 @@ class InferenceClient:
     bad inputs to unreadable image or TLS files, raise its subclass
     :class:`~clients.errors.InvalidArgumentError`. Use it as a context manager, or
     call :meth:`close`. ``token`` sends ``authorization: Bearer <token>`` on every call.
+    ``retry`` (a :class:`~clients.retry.RetryPolicy`; default None, off) lets gRPC send again
+    the calls that are safe to repeat when they are refused with UNAVAILABLE.
 
     Model metadata is cached per (model, version) and kept fresh across model swaps
     (RepositoryModelLoad): an answer from another version than the cached metadata
@@ -53,10 +56,11 @@ class InferenceClient:
         certificate_chain: PemSource = None,
         max_message_bytes: int = convert.DEFAULT_MAX_MESSAGE_BYTES,
         token: str | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         convert.check_name(url, "url")
         self.timeout = convert.check_timeout(timeout)
-        options = convert.channel_options(max_message_bytes)
+        options = convert.channel_options(max_message_bytes, retry)
         if ssl or root_certificates is not None or private_key is not None:
             credentials = convert.tls_credentials(root_certificates, private_key, certificate_chain)
             self._raw_channel = grpc.secure_channel(url, credentials, options=options)

@@ -19,7 +19,8 @@ successful requests, failures by gRPC status, the server's mean executed batch s
 ``cnnserve_execution_count_total`` during the level) and the CPU the generator
 itself used, in cores, so a reader can tell whether the generator was the limit
 (with ``--server-pid``, the server's CPU too; and the whole machine's, so other load
-on a shared machine shows).
+on a shared machine shows). ``--retries N`` sends the unary requests with the clients' retry
+policy (:mod:`clients.retry`); failures are then counted after the retries.
 
 The pieces, in the order a run uses them:
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from clients.bench.driver import BenchConfig, run
 from clients.bench.report import format_table, plot, to_json
+from clients.retry import add_retries_argument
 
 
 def _positive_list(kind: type, text: str) -> tuple[Any, ...]:
@@ -68,6 +69,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "share connections, not requests)",
     )
     p.add_argument("--timeout", type=float, default=10.0, help="deadline of each request, seconds")
+    add_retries_argument(p)
     p.add_argument("--max-outstanding", type=int, default=1024, help="open loop: most requests in flight")
     p.add_argument(
         "--metrics-url",
@@ -103,6 +105,8 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         parser.error(f"--duration is {duration}; expected 0 < S <= 3600")
     if args.stream and (args.mode != "tensor" or args.rate):
         parser.error("--stream works with --mode tensor and closed-loop --concurrency only")
+    if args.stream and args.retries:
+        parser.error(f"--retries is {args.retries}; --stream sends on streams, which are never retried")
     if args.timeout <= 0 or args.warmup < 0:
         parser.error(f"--timeout {args.timeout} must be > 0 and --warmup {args.warmup} >= 0")
     return BenchConfig(
@@ -121,6 +125,7 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         processes=args.processes,
         connections=args.connections,
         timeout=args.timeout,
+        retries=args.retries,
         max_outstanding=args.max_outstanding,
         metrics_url=args.metrics_url,
         server_pid=args.server_pid,

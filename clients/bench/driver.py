@@ -22,6 +22,7 @@ from clients.bench.accounting import machine_busy_seconds, tree_cpu_seconds
 from clients.bench.load import LevelSpec, Load, LoadResult, load_process
 from clients.bench.metrics import scrape_counters
 from clients.bench.payloads import build_requests
+from clients.retry import RetryPolicy
 from clients.sync import InferenceClient
 
 
@@ -89,6 +90,7 @@ class BenchConfig:
     processes: int = 1
     connections: int = 1
     timeout: float = 10.0
+    retries: int = 0
     max_outstanding: int = 1024
     metrics_url: str | None = None
     server_pid: int | None = None
@@ -105,14 +107,15 @@ class Generator:
         self._local: Load | None = None
         self._pipes: list[Connection] = []
         self._procs: list[multiprocessing.process.BaseProcess] = []
+        retry = RetryPolicy.from_retries(config.retries)
         if config.processes == 1:
-            self._local = Load(config.server, method, requests, self.counters[0], config.connections)
+            self._local = Load(config.server, method, requests, self.counters[0], config.connections, retry)
         else:
             for counter in self.counters:
                 parent, child = context.Pipe()
                 proc = context.Process(
                     target=load_process,
-                    args=(child, config.server, method, requests, counter, config.connections),
+                    args=(child, config.server, method, requests, counter, config.connections, retry),
                     daemon=True,
                 )
                 proc.start()
@@ -251,7 +254,8 @@ class Generator:
 
 def run(config: BenchConfig) -> list[LevelReport]:
     """Run every level of ``config`` against the server and return the reports, in order."""
-    with InferenceClient(config.server, timeout=config.timeout) as client:
+    retry = RetryPolicy.from_retries(config.retries)
+    with InferenceClient(config.server, timeout=config.timeout, retry=retry) as client:
         method, requests = build_requests(
             client, config.model, config.version, config.mode, config.batch_size, config.image
         )

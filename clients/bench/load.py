@@ -23,6 +23,7 @@ import grpc.aio
 import numpy as np
 
 from clients import convert
+from clients.retry import RetryPolicy
 
 STREAM_METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
 
@@ -63,12 +64,14 @@ class Load:
         requests: Sequence[bytes],
         progress: Synchronized[int],
         connections: int = 1,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.target = target
         self.method = method
         self.requests = list(requests)
         self.progress = progress
         self.connections = connections
+        self.retry = retry
         self.loop = asyncio.new_event_loop()
         self.channels: list[grpc.aio.Channel] = []
 
@@ -87,7 +90,10 @@ class Load:
             # Made on the loop that uses them; reused for every level. A local subchannel pool
             # gives each channel its own TCP connection (channels with equal options share one
             # otherwise), so SO_REUSEPORT can spread them over a server's --workers.
-            options = [*convert.channel_options(), ("grpc.use_local_subchannel_pool", 1)]
+            options = [
+                *convert.channel_options(retry=self.retry),
+                ("grpc.use_local_subchannel_pool", 1),
+            ]
             self.channels = [
                 grpc.aio.insecure_channel(self.target, options=options) for _ in range(self.connections)
             ]
@@ -274,9 +280,10 @@ def load_process(
     requests: list[bytes],
     progress: Synchronized[int],
     connections: int = 1,
+    retry: RetryPolicy | None = None,
 ) -> None:
     """Body of a ``--processes`` load process: run each level it is sent until told to stop."""
-    load = Load(target, method, requests, progress, connections)
+    load = Load(target, method, requests, progress, connections, retry)
     try:
         while True:
             spec = conn.recv()
