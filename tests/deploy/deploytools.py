@@ -85,6 +85,19 @@ class Stage:
     def all(self, keyword: str) -> list[Instruction]:
         return [i for i in self.instructions if i.keyword == keyword]
 
+    def environment(self) -> dict[str, str]:
+        """The variables this stage's ENV instructions set, unexpanded (``$PATH`` stays as written)."""
+        env: dict[str, str] = {}
+        for instruction in self.all("ENV"):
+            words = shlex.split(instruction.args)
+            if words and "=" not in words[0]:  # the legacy form: ENV NAME value with spaces
+                env[words[0]] = " ".join(words[1:])
+                continue
+            for word in words:
+                key, _, value = word.partition("=")
+                env[key] = value
+        return env
+
 
 @dataclass
 class Dockerfile:
