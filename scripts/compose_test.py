@@ -984,7 +984,20 @@ def scaling_text(
         for label, roll in rolls.items()
         for name, sent, out, back_ in roll.restarts
     )
-    bare_failed = tallies[("rolling restart, no shutdown delay", "retry off")].failed
+
+    def failed_in(phase: str, *, restart: bool = True) -> str:
+        """What the callers without retries lost in ``phase``, in words."""
+        failed = tallies[(phase, "retry off")].failed
+        if not failed:
+            return "no request of the callers without retries failed"
+        where = (
+            f", every one inside a shutdown window (until Envoy had taken that replica out, plus"
+            f" {WINDOW_SLACK_S:.1f} s)"
+            if restart
+            else f", the last ending {moved:.2f} s after the kill"
+        )
+        return f"{failed} request{'s' * (failed != 1)} of the callers without retries failed{where}"
+
     cores = len(os.sched_getaffinity(0))
     capacity_rows = "\n".join(
         f"| {c.model} | {c.concurrency} | {c.throughput_rps:.0f} | {c.server_cores:.2f} | {c.per_core:.0f}"
@@ -1005,15 +1018,15 @@ def scaling_text(
         "| settings | replica | out of Envoy's rotation | back in rotation |\n| --- | --- | --- | --- |\n"
         f"{restarts}\n\n"
         f"The shutdown window, Envoy's health-check interval plus timeout in deploy/envoy/envoy.yaml, is"
-        f" {window:.2f} s. Without a shutdown delay, a replica refuses new requests from SIGTERM on, and"
-        f" {bare_failed} requests of the callers without retries failed, every one inside a shutdown window"
-        f" (until Envoy had taken that replica out, plus {WINDOW_SLACK_S:.1f} s). With the shipped"
-        f" `CNNSERVE_SHUTDOWN_DELAY` of {failover.replica_shutdown_delay():g} s the replica goes on serving"
-        " until Envoy has taken it out.\n\n"
-        f"SIGKILL of replica-2 from the host: Envoy took it out of rotation {gone:.2f} s after the kill, and"
-        f" the last request that failed for it ended {moved:.2f} s after the kill (the bound checked:"
-        f" {window + WINDOW_SLACK_S:.2f} s). Docker's restart policy started it again; it was back in"
-        f" rotation {back:.1f} s after the kill and served {served_after} requests in the next 3 s."
+        f" {window:.2f} s. Without a shutdown delay, a replica refuses new requests from SIGTERM on:"
+        f" {failed_in('rolling restart, no shutdown delay')}. With the shipped `CNNSERVE_SHUTDOWN_DELAY` of"
+        f" {failover.replica_shutdown_delay():g} s, a replica goes on serving until Envoy has taken it out:"
+        f" {failed_in('rolling restart')}.\n\n"
+        f"SIGKILL of replica-2 from the host: Envoy took it out of rotation {gone:.2f} s after the kill;"
+        f" {failed_in('SIGKILL', restart=False)}, and the callers with retries lost none. Traffic had left"
+        f" it {moved:.2f} s after the kill (the bound checked: {window + WINDOW_SLACK_S:.2f} s). Docker's"
+        f" restart policy started it again; it was back in rotation {back:.1f} s after the kill and served"
+        f" {served_after} requests in the next 3 s."
         f" The longest request of all phases took {longest * 1e3:.0f} ms.\n\n"
         "One replica's capacity: one container per model, one ONNX Runtime thread"
         " (`CNNSERVE_INTRA_OP_THREADS=1`), `python -m clients.bench` from the host for 5 s; requests per"
