@@ -575,6 +575,16 @@ def test_gpu_overlay_asks_for_one_gpu_and_cuda(render: Callable[[str], list[Obje
     assert container["image"].rpartition(":")[0] == "cnnserve-server-gpu"
 
 
+@pytest.mark.parametrize("name", SERVER_RENDERS)
+def test_onnx_runtime_threads_match_the_cpu_request(render: Callable[[str], list[Object]], name: str) -> None:
+    # In a pod, os.cpu_count() is the node's; automatic threads would oversubscribe the request.
+    objects = render(name)
+    cpu = str(server_container(objects)["resources"]["requests"]["cpu"])
+    cores = int(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
+    threads = server_settings(objects).intra_op_threads
+    assert threads == max(1, int(cores)), f"{name}: {threads} intra-op threads for a CPU request of {cpu}"
+
+
 def test_cpu_overlay_has_no_gpu(render: Callable[[str], list[Object]]) -> None:
     objects = render("overlays/cpu")
     for where, pod in pod_specs(objects):
