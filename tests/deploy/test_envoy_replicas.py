@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 from deploytools import COMPOSE_FILE, ROOT, resolve_defaults
-from test_compose_file import docker_compose_available, duration_s, server_settings
+from test_compose_file import SERVERS, docker_compose_available, duration_s, server_settings
 
 from server.settings import Settings
 
@@ -146,6 +146,16 @@ def test_shutdown_window_reads_the_health_check(tmp_path: Any, monkeypatch: pyte
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(ValueError, match="'3000ms'"):
         failover.shutdown_window_s()
+
+
+def test_monitoring_profile_scrapes_the_replicas(compose: dict[str, Any], replicas: dict[str, Any]) -> None:
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    (sd,) = config["scrape_configs"][0]["dns_sd_configs"]
+    assert sorted(sd["names"]) == sorted([*SERVERS, *failover.REPLICAS]), (
+        f"Prometheus discovers {sd['names']}"
+    )
+    for name in failover.REPLICAS:
+        assert sd["port"] == replica_settings(compose, replicas, name).metrics_port
 
 
 @pytest.mark.skipif(not docker_compose_available(), reason="the docker CLI or its compose plugin is absent")
