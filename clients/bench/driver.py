@@ -96,6 +96,11 @@ class BenchConfig:
     server_pid: int | None = None
     progress: bool = False
 
+    @property
+    def retry(self) -> RetryPolicy | None:
+        """The clients' retry policy for ``retries`` (None, off, for 0)."""
+        return RetryPolicy.from_retries(self.retries)
+
 
 class Generator:
     """Runs the levels of a :class:`BenchConfig` over one or several load processes."""
@@ -107,7 +112,7 @@ class Generator:
         self._local: Load | None = None
         self._pipes: list[Connection] = []
         self._procs: list[multiprocessing.process.BaseProcess] = []
-        retry = RetryPolicy.from_retries(config.retries)
+        retry = config.retry
         if config.processes == 1:
             self._local = Load(config.server, method, requests, self.counters[0], config.connections, retry)
         else:
@@ -254,8 +259,7 @@ class Generator:
 
 def run(config: BenchConfig) -> list[LevelReport]:
     """Run every level of ``config`` against the server and return the reports, in order."""
-    retry = RetryPolicy.from_retries(config.retries)
-    with InferenceClient(config.server, timeout=config.timeout, retry=retry) as client:
+    with InferenceClient(config.server, timeout=config.timeout, retry=config.retry) as client:
         method, requests = build_requests(
             client, config.model, config.version, config.mode, config.batch_size, config.image
         )
