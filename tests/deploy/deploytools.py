@@ -7,7 +7,9 @@ entry points run for real with ``--help``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import json
 import re
 import shlex
@@ -16,6 +18,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from server.settings import ENV_PREFIX, Settings, get_args_parser, settings_from_args
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -200,3 +204,23 @@ def check_python_command(argv: list[str], where: str) -> None:
             assert re.search(rf"(^|[\s,\[]){re.escape(flag)}\b", text), (
                 f"{where}: flag {flag!r} is not in 'python -m {module} --help'"
             )
+
+
+@functools.cache
+def setting_names() -> frozenset[str]:
+    """Every CNNSERVE_* variable python -m server reads (one per flag)."""
+    parser = get_args_parser()
+    return frozenset(
+        ENV_PREFIX + a.dest.upper() for a in parser._actions if a.option_strings and a.dest != "help"
+    )
+
+
+def parse_server_settings(command: list[str], environment: dict[str, str]) -> Settings:
+    """What python -m server builds from this command and environment, through its own parser."""
+    assert command[:3] == ["python", "-m", "server"], command
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            return settings_from_args(command[3:], environ=environment)
+    except SystemExit:
+        raise AssertionError(f"python -m server refuses it: {stderr.getvalue().strip()}") from None

@@ -9,12 +9,10 @@ Dockerfiles build. No cluster is needed.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import functools
 import gzip
-import io
 import json
 import os
 import re
@@ -30,12 +28,20 @@ import grpc
 import jsonschema
 import pytest
 import yaml
-from deploytools import EXPORT_DOCKERFILE, ROOT, SERVER_DOCKERFILE, check_python_command, parse_dockerfile
+from deploytools import (
+    EXPORT_DOCKERFILE,
+    ROOT,
+    SERVER_DOCKERFILE,
+    check_python_command,
+    parse_dockerfile,
+    parse_server_settings,
+    setting_names,
+)
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.app import create_server
 from server.metrics import Metrics
-from server.settings import ENV_PREFIX, Settings, get_args_parser, settings_from_args
+from server.settings import ENV_PREFIX, Settings
 
 sys.path.insert(0, str(ROOT / "tests" / "server"))
 
@@ -291,23 +297,6 @@ def test_crd_schema_rejects_an_unknown_field(render: Callable[[str], list[Object
 
 
 # -- the server's own settings, health services, images and metrics --
-
-
-def setting_names() -> set[str]:
-    """Every CNNSERVE_* variable python -m server reads (one per flag)."""
-    parser = get_args_parser()
-    return {ENV_PREFIX + a.dest.upper() for a in parser._actions if a.option_strings and a.dest != "help"}
-
-
-def parse_server_settings(command: list[str], environment: dict[str, str]) -> Settings:
-    """What python -m server builds from this command and environment, through its own parser."""
-    assert command[:3] == ["python", "-m", "server"], command
-    stderr = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(stderr):
-            return settings_from_args(command[3:], environ=environment)
-    except SystemExit:
-        raise AssertionError(f"python -m server refuses it: {stderr.getvalue().strip()}") from None
 
 
 def container_environment(container: Object, objects: list[Object]) -> dict[str, str]:
