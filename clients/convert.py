@@ -21,7 +21,7 @@ from PIL import Image
 from clients.errors import described, invalid_argument, unreadable_answer
 from clients.retry import RetryPolicy
 from clients.types import Classification, ClassScore, ModelIndexEntry, ModelMetadata, TensorMetadata
-from modelrepo.config import DATATYPES
+from modelrepo.datatypes import DATATYPES, datatype_of
 from protocol import grpc_service_pb2, image_classification_pb2
 
 #: The server's default gRPC message cap (``--max-message-bytes``); the client matches it.
@@ -29,8 +29,6 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 #: What ``classify`` accepts for one image.
 ImageLike: TypeAlias = Union[str, "os.PathLike[str]", bytes, Image.Image, np.ndarray]
-
-_KSERVE_OF_NUMPY = {np.dtype(numpy_name): kserve for kserve, numpy_name in DATATYPES.items()}
 
 #: Answers that metadata cached before a model swap would explain: the version it describes is
 #: gone (NOT_FOUND), or the new version takes other inputs or outputs (INVALID_ARGUMENT).
@@ -146,9 +144,18 @@ def tls_credentials(
     )
 
 
+def _numpy_name(datatype: str) -> str:
+    known = DATATYPES.get(datatype)
+    return known.dtype.name if known is not None else "?"
+
+
 def kserve_datatype(dtype: np.dtype[Any]) -> str | None:
-    """The KServe v2 datatype name of a numpy dtype, or None if the protocol has none."""
-    return _KSERVE_OF_NUMPY.get(np.dtype(dtype).newbyteorder("="))
+    """The KServe v2 datatype name of a numpy dtype, or None if the client cannot send it.
+
+    BYTES (object arrays) is left out: no model takes it, and the client sends raw fixed-size data.
+    """
+    name = datatype_of(dtype)
+    return None if name is None or DATATYPES[name].variable_size else name
 
 
 def _dims(shape: Iterable[int]) -> str:
@@ -211,7 +218,7 @@ def check_inputs(
         if not isinstance(array, np.ndarray):
             raise invalid_argument(
                 f"input {spec.name!r} is {described(array)}; model {model!r} expects a numpy array "
-                f"of {spec.datatype} ({DATATYPES.get(spec.datatype, '?')})"
+                f"of {spec.datatype} ({_numpy_name(spec.datatype)})"
             )
         datatype = kserve_datatype(array.dtype)
         if datatype != spec.datatype:
@@ -261,24 +268,19 @@ def infer_response_arrays(response: grpc_service_pb2.ModelInferResponse) -> dict
     """The output tensors of a ModelInfer answer, by name (from raw or typed contents)."""
     arrays: dict[str, np.ndarray] = {}
     for i, tensor in enumerate(response.outputs):
-        numpy_name = DATATYPES.get(tensor.datatype)
-        if numpy_name is None:
+        datatype = DATATYPES.get(tensor.datatype)
+        if datatype is None or datatype.variable_size:
             raise unreadable_answer(
                 f"output {tensor.name!r} has datatype {tensor.datatype!r}, which numpy cannot hold"
             )
-        dtype = np.dtype(numpy_name).newbyteorder("<")
+        dtype = datatype.dtype.newbyteorder("<")
         shape = tuple(int(d) for d in tensor.shape)
         if i < len(response.raw_output_contents):
             array = np.frombuffer(response.raw_output_contents[i], dtype=dtype)
         else:
-            field = {
-                "BOOL": "bool_contents",
-                "FP32": "fp32_contents",
-                "FP64": "fp64_contents",
-                "INT64": "int64_contents",
-                "UINT64": "uint64_contents",
-            }.get(tensor.datatype, "uint_contents" if tensor.datatype.startswith("UINT") else "int_contents")
-            array = np.asarray(getattr(tensor.contents, field), dtype=dtype)
+            array = np.asarray(
+                getattr(tensor.contents, datatype.contents_field or "fp32_contents"), dtype=dtype
+            )
         # A copy, so callers get an ordinary writable array, not a view on the message's bytes.
         arrays[tensor.name] = array.reshape(shape).astype(dtype.newbyteorder("="), copy=True)
     return arrays

@@ -23,21 +23,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-#: KServe v2 datatype names and the numpy dtype strings they map to.
-DATATYPES: dict[str, str] = {
-    "BOOL": "bool",
-    "UINT8": "uint8",
-    "UINT16": "uint16",
-    "UINT32": "uint32",
-    "UINT64": "uint64",
-    "INT8": "int8",
-    "INT16": "int16",
-    "INT32": "int32",
-    "INT64": "int64",
-    "FP16": "float16",
-    "FP32": "float32",
-    "FP64": "float64",
-}
+from modelrepo.datatypes import MODEL_DATATYPES
 
 
 class ConfigError(ValueError):
@@ -53,9 +39,10 @@ class TensorSpec:
     shape: tuple[int, ...]
 
     def __post_init__(self) -> None:
-        if self.datatype not in DATATYPES:
+        if self.datatype not in MODEL_DATATYPES:
             raise ConfigError(
-                f"tensor {self.name!r} has datatype {self.datatype!r}; expected one of {sorted(DATATYPES)}"
+                f"tensor {self.name!r} has datatype {self.datatype!r}; "
+                f"expected one of {sorted(MODEL_DATATYPES)}"
             )
 
 

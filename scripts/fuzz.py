@@ -7,20 +7,25 @@
 
 Targets, each run against real tiny ONNX models loaded by a real ``ModelManager``:
 
-- ``tensor``: a FuzzedDataProvider builds a ModelInferRequest (datatype from the datatype table,
-  shape, raw or typed contents, BYTES elements, parameters, requested outputs with the
-  ``classification`` parameter); it goes through ``converters.tensor_to_array`` (every input),
-  ``requested_outputs`` and ``decode_request``; a valid batch then runs on the model's ONNX Runtime
-  session and through ``encode_response``.
+- ``tensor``: a FuzzedDataProvider builds a ModelInferRequest (datatype from the datatype table
+  ``modelrepo.datatypes.DATATYPES``, shape, raw or typed contents, BYTES elements, parameters,
+  requested outputs with the ``classification`` parameter); it is decoded as the server does:
+  ``server.grpc.converters.infer_request`` (every input's deferred decoder is also called on its
+  own), then ``server.tensors.requested_outputs`` and ``server.tensors.input_batch``; a valid batch
+  runs on the model's ONNX Runtime session, through ``tensors.output_tensors`` and back to the
+  wire with ``server.grpc.converters.infer_response``.
 - ``image``: one config byte (channels 1 or 3, output size, pixel limit) and encoded image bytes
   through ``images.decode_images``.
 - ``wire``: arbitrary bytes parsed as a ModelInferRequest or ClassifyRequest (the first byte
-  chooses) and answered by the real ``DataPlane`` (model lookup, batcher, top_k, encoding).
+  chooses), converted by ``server.grpc.converters`` and answered by the real ``DataPlane`` (model
+  lookup, batcher, top_k), the answer converted back, as the gRPC servicers do.
 
-The invariant: only ``ServerError`` subclasses escape, every result has the shape the model and
-the request imply, and no input runs past ``--input-timeout``. Each target runs in its own
-process (libFuzzer exits when its time is up) on a temporary copy of its committed seed corpus;
-what it finds is saved in ``tests/fuzz_corpus/crashes/`` (``--crashes``).
+The invariant: only ``ServerError`` subclasses escape (only ``InvalidInput`` from the decoders),
+every batch has the dtype and shape the model and the request imply and holds exactly the
+request's data, every answer has the shape the request implies and holds the model's output, and
+no input runs past ``--input-timeout``. Each target runs in its own process (libFuzzer exits when
+its time is up) on a temporary copy of its committed seed corpus; what it finds is saved in
+``tests/fuzz_corpus/crashes/`` (``--crashes``).
 """
 
 from __future__ import annotations
@@ -77,14 +82,17 @@ def _import_project() -> dict[str, Any]:
 
         import modelrepo
         from modelrepo import BatchingConfig, ModelConfig, Preprocessing, TensorSpec
+        from modelrepo.datatypes import DATATYPES
         from protocol import grpc_service_pb2 as pb
         from protocol import image_classification_pb2 as img_pb
-        from server import converters, images
+        from server import images, tensors
         from server.dataplane import DataPlane
-        from server.errors import ServerError
+        from server.errors import InvalidInput, ServerError
+        from server.grpc import converters
         from server.models import ModelManager
         from server.runtime import resolve_device
         from server.settings import Settings
+        from server.types import InferResponse
     return {
         "modelrepo": modelrepo,
         "BatchingConfig": BatchingConfig,
@@ -93,10 +101,14 @@ def _import_project() -> dict[str, Any]:
         "TensorSpec": TensorSpec,
         "pb": pb,
         "img_pb": img_pb,
+        "DATATYPES": DATATYPES,
         "converters": converters,
+        "tensors": tensors,
         "images": images,
         "DataPlane": DataPlane,
+        "InvalidInput": InvalidInput,
         "ServerError": ServerError,
+        "InferResponse": InferResponse,
         "ModelManager": ModelManager,
         "resolve_device": resolve_device,
         "Settings": Settings,
@@ -197,32 +209,121 @@ def check(condition: bool, message: str) -> None:
         raise InvariantViolation(message)
 
 
-def check_array(tensor: Any, raw: bytes | None, array: np.ndarray, dtypes: dict[str, np.dtype]) -> None:
-    """``tensor_to_array`` returned the tensor's shape and dtype, holding exactly its data."""
-    shape = tuple(tensor.shape)
-    check(array.shape == shape, f"tensor_to_array returned shape {array.shape}; the tensor says {shape}")
-    check(array.dtype == dtypes[tensor.datatype], f"dtype {array.dtype} for datatype {tensor.datatype}")
-    if raw is not None and tensor.datatype != "BYTES":
-        check(array.tobytes() == raw, "the decoded array does not hold the raw bytes it was given")
+def _mismatch(array: np.ndarray, values: Sequence[Any]) -> str | None:
+    """Where flat ``array`` differs from ``values`` (ints and bytes equal, floats equal or both NaN)."""
+    if len(array) != len(values):
+        return f"{len(array)} values for {len(values)}"
+    decoded = array.tolist()
+    for i, (got, want) in enumerate(zip(decoded, values, strict=True)):
+        if got != want and not (array.dtype.kind == "f" and math.isnan(got) and math.isnan(want)):
+            return f"value {i}, {want!r}, decoded as {got!r}"
+    return None
 
 
-def check_bytes_round_trip(raw: bytes, array: np.ndarray, serialize: Callable[[np.ndarray], bytes]) -> None:
-    check(serialize(array) == raw, "BYTES elements do not serialize back to the raw bytes they came from")
+def _length_prefixed(items: Sequence[bytes]) -> bytes:
+    return b"".join(len(item).to_bytes(4, "little") + bytes(item) for item in items)
+
+
+def check_input_data(
+    message: Any,
+    index: int,
+    tensor: Any,
+    data: Any,
+    datatypes: dict[str, Any],
+    serialize: Callable[..., bytes],
+) -> None:
+    """One input's deferred decoder (``converters.infer_request``) returned exactly the message's data.
+
+    Raw contents: the bytes of its own ``raw_input_contents`` entry, only when there is one per
+    input and no typed contents. Typed contents: a flat array of the datatype's dtype holding the
+    values of the datatype's own ``contents`` field (BYTES elements serialize back to their v2
+    binary form).
+    """
+    wire = message.inputs[index]
+    check(
+        (tensor.name, tensor.datatype, tensor.shape) == (wire.name, wire.datatype, tuple(wire.shape)),
+        f"input {index} converted to {tensor.name!r} {tensor.datatype!r} {tensor.shape}",
+    )
+    raw = message.raw_input_contents
+    if raw:
+        check(
+            len(raw) == len(message.inputs),
+            f"{len(raw)} raw_input_contents for {len(message.inputs)} inputs decoded",
+        )
+        check(not wire.contents.ListFields(), "an input with both raw_input_contents and contents decoded")
+        check(isinstance(data, bytes | memoryview), f"raw input decoded to {type(data).__name__}")
+        check(bytes(data) == raw[index], "the raw input's data is not the bytes it was given")
+        return
+    datatype = datatypes.get(wire.datatype)
+    if datatype is None:
+        return  # no field to read: the core refuses the datatype by the model's
+    check(datatype.contents_field is not None, f"datatype {wire.datatype} decoded from typed contents")
+    values = getattr(wire.contents, datatype.contents_field)
+    check(isinstance(data, np.ndarray), f"typed contents decoded to {type(data).__name__}")
+    check(data.ndim == 1, f"typed contents decoded to shape {data.shape}; expected flat values")
+    check(data.dtype == datatype.dtype, f"dtype {data.dtype} for datatype {wire.datatype}")
+    wrong = _mismatch(data, values)
+    check(wrong is None, f"{wire.datatype} contents.{datatype.contents_field} decoded wrongly: {wrong}")
+    if datatype.variable_size:
+        check(
+            serialize(data) == _length_prefixed(values), "BYTES elements do not serialize to their wire form"
+        )
 
 
 def check_batch(request: Any, model: Any, batch: np.ndarray) -> None:
-    """``decode_request`` returned ``[N, *sample]`` of the model's dtype, N from the request."""
+    """``input_batch`` returned ``[N, *sample]`` of the model's dtype, N from the request."""
     expected = (request.inputs[0].shape[0], *model.sample_shape)
-    check(batch.shape == expected, f"decode_request returned shape {batch.shape}; expected {expected}")
-    check(batch.dtype == model.dtype, f"decode_request returned dtype {batch.dtype}; model has {model.dtype}")
+    check(batch.shape == expected, f"input_batch returned shape {batch.shape}; expected {expected}")
+    check(batch.dtype == model.dtype, f"input_batch returned dtype {batch.dtype}; model has {model.dtype}")
     check(1 <= len(batch) <= model.max_batch_size, f"batch of {len(batch)} passed the batch limit")
 
 
+def check_batch_data(message: Any, model: Any, batch: np.ndarray, datatypes: dict[str, Any]) -> None:
+    """The batch came from a message whose one input is the model's, and holds exactly its data."""
+    spec = model.config.input
+    check(len(message.inputs) == 1, f"a batch from a request with {len(message.inputs)} inputs")
+    wire = message.inputs[0]
+    check(wire.name == spec.name, f"a batch from input {wire.name!r}; the model's is {spec.name!r}")
+    check(
+        wire.datatype == spec.datatype,
+        f"a batch from datatype {wire.datatype!r}; the model's is {spec.datatype}",
+    )
+    if message.raw_input_contents:
+        check(
+            len(message.raw_input_contents) == 1,
+            f"a batch from {len(message.raw_input_contents)} raw contents",
+        )
+        check(
+            not wire.contents.ListFields(), "a batch from an input with both raw_input_contents and contents"
+        )
+        check(
+            batch.tobytes() == message.raw_input_contents[0],
+            "the batch does not hold the raw bytes it was given",
+        )
+        return
+    field_name = datatypes[spec.datatype].contents_field
+    values = getattr(wire.contents, field_name)
+    wrong = _mismatch(batch.reshape(-1), values)
+    check(wrong is None, f"the batch does not hold the values of contents.{field_name}: {wrong}")
+
+
 def check_infer_response(
-    response: Any, model: Any, batch_size: int, outputs: Sequence[tuple[str, int]]
+    response: Any,
+    model: Any,
+    batch_size: int,
+    outputs: Sequence[tuple[str, int]],
+    result: np.ndarray | None = None,
 ) -> None:
-    """One output per requested output: logits ``[N, C]`` or classification ``[N, min(k, C)]``."""
-    classes = model.config.output.shape[0]
+    """One output per requested output: logits ``[N, C]`` or classification ``[N, min(k, C)]``.
+
+    With ``result`` (the model's output for the batch) the logits must be exactly its values and
+    each classification row its best ``k`` classes, best first.
+    """
+    classes, labels = model.config.output.shape[0], model.config.labels
+    check(
+        response.model_name == model.name, f"answer from model {response.model_name!r}; asked {model.name!r}"
+    )
+    check(response.model_version == str(model.version), f"answer from version {response.model_version!r}")
     check(
         len(response.outputs) == len(outputs), f"{len(response.outputs)} outputs for {len(outputs)} requested"
     )
@@ -236,14 +337,32 @@ def check_infer_response(
                 tuple(tensor.shape) == shape,
                 f"classification output shape {list(tensor.shape)}; expected {shape}",
             )
-            for item in _split_bytes(raw):
+            items = list(_split_bytes(raw))
+            check(len(items) == math.prod(shape), f"{len(items)} classification elements for shape {shape}")
+            for position, item in enumerate(items):
                 score, index, *_ = item.decode().split(":", 2)
                 float(score)
                 check(0 <= int(index) < classes, f"classification index {index} of {classes} classes")
+                if result is not None:
+                    row = result[position // shape[1]]
+                    best = int(np.argsort(-row, kind="stable")[position % shape[1]])
+                    label = labels[best] if best < len(labels) else ""
+                    text = f"{float(row[best]):f}:{best}" + (f":{label}" if label else "")
+                    check(
+                        item == text.encode(),
+                        f"classification element {position} is {item!r}; expected {text!r}",
+                    )
         else:
             shape = (batch_size, classes)
+            check(tensor.datatype == "FP32", f"logits output has datatype {tensor.datatype}")
             check(tuple(tensor.shape) == shape, f"output shape {list(tensor.shape)}; expected {shape}")
             check(len(raw) == batch_size * classes * 4, f"{len(raw)} bytes for FP32 output {shape}")
+            if result is not None:
+                values = np.frombuffer(raw, dtype="<f4").reshape(shape)
+                check(
+                    np.array_equal(values, result, equal_nan=True),
+                    "the logits output is not the model's output",
+                )
 
 
 def check_classify_response(response: Any, model: Any, images: int, top_k: int) -> None:
@@ -314,8 +433,8 @@ class Harness:
         return [fdp.ConsumeIntInRange(-2, HUGE if big else 6) for _ in range(dims)]
 
     def _contents(self, fdp: Any, request: Any, tensor: Any, count: int) -> None:
-        converters = self.m["converters"]
-        dtype = converters.DTYPES.get(tensor.datatype, np.dtype(np.float32))
+        known = self.m["DATATYPES"].get(tensor.datatype)
+        dtype = known.dtype if known else np.dtype(np.float32)
         mode = fdp.ConsumeIntInRange(0, 5)
         if mode in (0, 1, 5):  # raw: exact size, random size, or BYTES elements
             if tensor.datatype == "BYTES" or mode == 5:
@@ -333,8 +452,8 @@ class Harness:
                 raw = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 1024))
             request.raw_input_contents.append(raw)
         if mode in (2, 3, 4):  # typed contents, usually the datatype's own field
-            fields = sorted(set(converters.CONTENTS_FIELD.values()))
-            name = converters.CONTENTS_FIELD.get(tensor.datatype) if mode != 4 else None
+            fields = sorted({d.contents_field for d in self.m["DATATYPES"].values() if d.contents_field})
+            name = known.contents_field if known and mode != 4 else None
             name = name or fdp.PickValueInList(fields)
             n = count if mode == 2 and 0 <= count <= 4096 else fdp.ConsumeIntInRange(0, 64)
             values = getattr(tensor.contents, name)
@@ -363,7 +482,7 @@ class Harness:
 
     def build_request(self, fdp: Any) -> tuple[Any, Any]:
         """A ModelInferRequest for one of the models, valid often enough to reach every path."""
-        pb, converters = self.m["pb"], self.m["converters"]
+        pb = self.m["pb"]
         model = fdp.PickValueInList(self.fx.models)
         request = pb.ModelInferRequest(model_name=model.name, id=fdp.ConsumeUnicodeNoSurrogates(4))
         for _ in range(fdp.ConsumeIntInRange(0, 2)):
@@ -373,7 +492,7 @@ class Harness:
         spec = model.config.input
         for _ in range(fdp.PickValueInList([1, 1, 1, 1, 1, 0, 2])):
             names = [spec.name] * 6 + ["x", ""]
-            datatypes = [spec.datatype] * 6 + [*converters.DTYPES, "BF16", "", "fp32"]
+            datatypes = [spec.datatype] * 6 + [*self.m["DATATYPES"], "BF16", "", "fp32"]
             tensor = request.inputs.add(
                 name=fdp.PickValueInList(names), datatype=fdp.PickValueInList(datatypes)
             )
@@ -388,41 +507,52 @@ class Harness:
         return model, request
 
     def tensor(self, data: bytes) -> str:
-        converters = self.m["converters"]
+        m = self.m
+        converters, tensors, invalid = m["converters"], m["tensors"], m["InvalidInput"]
         fdp = atheris.FuzzedDataProvider(data)
-        model, request = self.build_request(fdp)
-        for i, tensor in enumerate(request.inputs):
-            raw = request.raw_input_contents[i] if i < len(request.raw_input_contents) else None
-            try:
-                array = converters.tensor_to_array(tensor, raw)
-            except self.m["ServerError"]:
-                continue
-            check_array(tensor, raw, array, converters.DTYPES)
-            if raw is not None and tensor.datatype == "BYTES":
-                check_bytes_round_trip(raw, array, converters.serialize_bytes)
+        model, message = self.build_request(fdp)
+        # As the gRPC servicer: the message as the core's request (typed contents stay deferred).
         try:
-            outputs = converters.requested_outputs(request, model)
-            batch = (self._buggy_decode if self.planted_bug else converters.decode_request)(request, model)
-        except self.m["ServerError"] as exc:
+            request = converters.infer_request(message)
+        except invalid as exc:
+            return type(exc).__name__
+        check(len(request.inputs) == len(message.inputs), f"{len(request.inputs)} inputs converted")
+        # Every input's deferred decoder on its own, whatever the model would say about its header.
+        for i, tensor in enumerate(request.inputs):
+            try:
+                value = tensor.data() if callable(tensor.data) else tensor.data
+            except invalid:
+                continue
+            check_input_data(message, i, tensor, value, m["DATATYPES"], tensors.serialize_bytes)
+        # As DataPlane.infer: outputs, then the batch; only InvalidInput may come out of either.
+        try:
+            outputs = tensors.requested_outputs(request, model)
+            batch = (self._buggy_input_batch if self.planted_bug else tensors.input_batch)(request, model)
+        except invalid as exc:
             return type(exc).__name__
         check_batch(request, model, batch)
+        check_batch_data(message, model, batch, m["DATATYPES"])
         result = model.sessions[0].run(model.output_names, {model.input_name: batch})[0]
-        response = converters.encode_response(request, model, result, outputs)
-        check_infer_response(response, model, len(batch), outputs)
+        answer = m["InferResponse"](
+            model.name, str(model.version), request.id, tensors.output_tensors(model, result, outputs)
+        )
+        response = converters.infer_response(answer)
+        check(response.id == message.id, f"answer id {response.id!r} for request id {message.id!r}")
+        check_infer_response(response, model, len(batch), outputs, result)
         return "ok-classification" if any(k for _, k in outputs) else "ok"
 
-    def _buggy_decode(self, request: Any, model: Any) -> np.ndarray:
-        """decode_request minus its byte-count check: the bug ``--plant-bug`` must find."""
+    def _buggy_input_batch(self, request: Any, model: Any) -> np.ndarray:
+        """input_batch minus its byte-count (and batch-limit) check: the bug ``--plant-bug`` must find."""
         tensor = request.inputs[0] if request.inputs else None
         if (
             tensor is not None
-            and request.raw_input_contents
+            and isinstance(tensor.data, bytes | memoryview)
             and tensor.datatype == model.config.input.datatype
         ):
             shape = tuple(tensor.shape)
             if shape[1:] == model.sample_shape and shape[0] >= 1:
-                return np.frombuffer(request.raw_input_contents[0], dtype=model.dtype).reshape(shape)
-        result: np.ndarray = self.m["converters"].decode_request(request, model)
+                return np.frombuffer(tensor.data, dtype=model.dtype).reshape(shape)
+        result: np.ndarray = self.m["tensors"].input_batch(request, model)
         return result
 
     # image -------------------------------------------------------------------------------------
@@ -465,16 +595,26 @@ class Harness:
             )
         except DecodeError:
             return "undecodable"  # grpc refuses these before any servicer runs
-        call = fx.dataplane.classify if classify else fx.dataplane.infer
-        try:
-            response = fx.loop.run_until_complete(call(message, None))
+        converters = m["converters"]
+        try:  # as the gRPC servicers: convert, call the core, convert the answer back
+            if classify:
+                answer = fx.loop.run_until_complete(
+                    fx.dataplane.classify(converters.classify_request(message), None)
+                )
+                response = converters.classify_response(answer)
+            else:
+                request = converters.infer_request(message)
+                response = converters.infer_response(
+                    fx.loop.run_until_complete(fx.dataplane.infer(request, None))
+                )
         except m["ServerError"] as exc:
             return type(exc).__name__
         model = fx.dataplane.manager.get(response.model_name)
         if classify:
             check_classify_response(response, model, len(message.images), message.top_k)
             return "ok-classify"
-        outputs = m["converters"].requested_outputs(message, model)
+        check(response.id == message.id, f"answer id {response.id!r} for request id {message.id!r}")
+        outputs = m["tensors"].requested_outputs(request, model)
         check_infer_response(response, model, message.inputs[0].shape[0], outputs)
         return "ok-infer"
 
@@ -552,7 +692,7 @@ def make_seeds(harness: Harness, corpus: Path) -> dict[str, int]:
         tensor = typed.inputs.add(
             name="input", datatype=model.config.input.datatype, shape=[1, *model.sample_shape]
         )
-        field_name = m["converters"].CONTENTS_FIELD[model.config.input.datatype]
+        field_name = m["DATATYPES"][model.config.input.datatype].contents_field
         getattr(tensor.contents, field_name).extend([1] * math.prod(model.sample_shape))
         output = typed.outputs.add(name="logits")
         output.parameters["classification"].int64_param = 2
@@ -637,8 +777,12 @@ MAX_RESTARTS = 5
 
 
 def _signature(trace: str, artifact: str) -> str:
-    """``ValueError at server/converters.py:115``: the exception and the deepest project frame."""
-    frames = [(Path(f), line) for f, line in re.findall(r'File "([^"]+)", line (\d+)', trace)]
+    """``ValueError at server/tensors.py:115``: the exception and the deepest project frame.
+
+    ``check`` itself is skipped, so that each invariant is its own finding (named by its caller).
+    """
+    found = re.findall(r'File "([^"]+)", line (\d+)(?:, in (\w+))?', trace)
+    frames = [(Path(f), line) for f, line, function in found if function != "check"]
     ours = [(f.relative_to(ROOT), line) for f, line in frames if f.is_relative_to(ROOT)]
     project = [(f, line) for f, line in ours if f.parts[0] != "scripts"] or ours
     where = f" at {project[-1][0]}:{project[-1][1]}" if project else ""
@@ -832,9 +976,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--make-seeds", action="store_true", help="regenerate the seed corpus and exit")
     parser.add_argument("--reproduce", type=Path, help="run one saved input through --target and exit")
     parser.add_argument("--minimize", type=Path, help="minimise a saved finding of --target (to FILE.min)")
-    parser.add_argument(
-        "--plant-bug", action="store_true", help="self-test: drop decode_request's size check"
-    )
+    parser.add_argument("--plant-bug", action="store_true", help="self-test: drop input_batch's size check")
     parser.add_argument("--worker", choices=TARGETS, help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args(argv)
     if atheris is None:

@@ -1,4 +1,4 @@
-"""The server factory: models, services, health, reflection and metrics on one port."""
+"""The server factory: models, the gRPC services, the HTTP edge, health, reflection and metrics."""
 
 from __future__ import annotations
 
@@ -14,13 +14,15 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from protocol import grpc_service_pb2, image_classification_pb2
-from server.auth import TokenAuthInterceptor
 from server.dataplane import DataPlane
 from server.errors import StartupError
+from server.grpc.auth import TokenAuthInterceptor
+from server.grpc.servicers import add_services
 from server.metrics import Metrics
 from server.models import ModelManager
+from server.rest.app import create_app
+from server.rest.serving import HttpServer
 from server.runtime import resolve_device
-from server.servicers import add_services
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -44,6 +46,8 @@ class InferenceServer:
         metrics: Metrics,
         port: int,
         metrics_port: int | None,
+        http: HttpServer | None = None,
+        http_port: int | None = None,
     ) -> None:
         self.settings = settings
         self.grpc_server = grpc_server
@@ -53,6 +57,9 @@ class InferenceServer:
         self.metrics = metrics
         self.port = port
         self.metrics_port = metrics_port
+        self.http = http
+        #: The HTTP/REST port, None when HTTP is disabled (a negative --http-port).
+        self.http_port = http_port
         self._stop_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -88,7 +95,11 @@ class InferenceServer:
         draining = time.monotonic()
         await self.plane.shutdown(grace)
         # Admitted inference is done; whatever is left (open streams, metadata calls) gets a short grace.
-        await self.grpc_server.stop(max(0.0, min(1.0, grace - (time.monotonic() - draining))))
+        left = max(0.0, min(1.0, grace - (time.monotonic() - draining)))
+        if self.http is not None:
+            await asyncio.gather(self.grpc_server.stop(left), self.http.stop())
+        else:
+            await self.grpc_server.stop(left)
         for model in self.manager.loaded():
             s = model.stats
             # What this process computed, for operators and for tests that check it against clients.
@@ -218,21 +229,32 @@ async def create_server(settings: Settings) -> tuple[InferenceServer, int]:
         except OSError as exc:
             await manager.close()
             raise StartupError(f"cannot bind the metrics port {settings.metrics_port}: {exc}") from None
+    http: HttpServer | None = None
+    http_port: int | None = None
+    if settings.http_port >= 0:
+        http = HttpServer(create_app(plane, settings), settings)
+        try:
+            http_port = await http.start()
+        except StartupError:
+            await manager.close()
+            metrics.close()
+            raise
     await grpc_server.start()
     started = True
     await _set_server_health(health_servicer, plane.ready)
     if not plane.ready:
         logger.error("no model is ready: health answers NOT_SERVING until one is loaded")
     logger.info(
-        "serving %s on %s (metrics on %s; %s; %s; model control %s)",
+        "serving %s on %s (metrics on %s; HTTP on %s; %s; %s; model control %s)",
         [m.name for m in manager.loaded()],
         _address(settings.host, port),
         metrics_port if metrics_port is not None else "-",
+        http_port if http_port is not None else "-",
         ("mutual TLS" if settings.tls_client_ca else "TLS") if settings.tls else "plaintext",
         "bearer token required" if settings.auth_token else "no authentication",
         "enabled" if settings.allow_model_control else "disabled",
     )
     server = InferenceServer(
-        settings, grpc_server, plane, manager, health_servicer, metrics, port, metrics_port
+        settings, grpc_server, plane, manager, health_servicer, metrics, port, metrics_port, http, http_port
     )
     return server, port

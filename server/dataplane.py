@@ -1,7 +1,9 @@
-"""The plain core behind the RPCs: protocol-free except for the message types.
+"""The plain core behind both protocols: inference, metadata and the model repository.
 
-Every method either returns a response message or raises a
-:class:`~server.errors.ServerError`; the servicers only map those to statuses.
+Every method takes and returns the plain types of :mod:`server.types` (dataclasses with
+numpy arrays; dicts in the KServe v2 JSON form) and either answers or raises a
+:class:`~server.errors.ServerError`. The edges (:mod:`server.grpc`, :mod:`server.rest`)
+only decode, encode and map errors to their status codes.
 """
 
 from __future__ import annotations
@@ -14,16 +16,26 @@ import time
 
 import numpy as np
 
-from modelrepo import ModelConfig
-from protocol import grpc_service_pb2 as pb
-from protocol import image_classification_pb2 as img_pb
-from protocol import model_config_pb2 as mc
-from server import converters
+from modelrepo.datatypes import DATATYPES
+from server import tensors
 from server.errors import InvalidInput, ModelNotFound, PermissionDenied, ServerError, Unavailable
 from server.images import decode_images
 from server.logs import bind_request_id
 from server.models import LoadedModel, ModelManager
 from server.settings import Settings
+from server.types import (
+    ClassifyRequest,
+    ClassifyResponse,
+    ClassScore,
+    InferRequest,
+    InferResponse,
+    ModelConfiguration,
+    ModelMetadata,
+    ModelStatistics,
+    Parameters,
+    RepositoryEntry,
+    ServerMetadata,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -83,22 +95,22 @@ class DataPlane:
 
     # -- inference ----------------------------------------------------------------------------------
 
-    async def infer(
-        self, request: pb.ModelInferRequest, time_remaining: float | None
-    ) -> pb.ModelInferResponse:
-        """Run one ModelInferRequest through its model's batcher."""
+    async def infer(self, request: InferRequest, time_remaining: float | None) -> InferResponse:
+        """Run one inference request through its model's batcher."""
         bind_request_id(request.id)
         started = time.perf_counter_ns()
         model: LoadedModel | None = None
         self._enter()
         try:
             model = self.manager.get(request.model_name, request.model_version)
-            outputs = converters.requested_outputs(request, model)
-            batch = converters.decode_request(request, model)
+            outputs = tensors.requested_outputs(request, model)
+            batch = tensors.input_batch(request, model)
             queued = time.perf_counter_ns()
             result = await model.infer(batch, _deadline(time_remaining))
             computed = time.perf_counter_ns()
-            response = converters.encode_response(request, model, result, outputs)
+            response = InferResponse(
+                model.name, str(model.version), request.id, tensors.output_tensors(model, result, outputs)
+            )
         except BaseException as exc:
             self._record_failure(model, exc, started)
             raise
@@ -110,9 +122,7 @@ class DataPlane:
             logger.debug("infer %s v%d batch %d done", model.name, model.version, len(batch))
         return response
 
-    async def classify(
-        self, request: img_pb.ClassifyRequest, time_remaining: float | None
-    ) -> img_pb.ClassifyResponse:
+    async def classify(self, request: ClassifyRequest, time_remaining: float | None) -> ClassifyResponse:
         """Decode, preprocess and classify a request's images."""
         bind_request_id()
         started = time.perf_counter_ns()
@@ -182,8 +192,9 @@ class DataPlane:
             return self.manager.get(self.settings.default_model, version)
         model = self.manager.first_ready()
         if model is None:
-            self.manager.get("", version)  # raises the right error (shutting down / unknown)
-            raise Unavailable("no model is loaded")
+            if self.manager.shutting_down:
+                raise Unavailable("server is shutting down")
+            raise Unavailable("no model is loaded; the image service needs one (see RepositoryIndex)")
         return self.manager.get(model.name, version)
 
     def _record_failure(self, model: LoadedModel | None, exc: BaseException, started: int) -> None:
@@ -206,79 +217,87 @@ class DataPlane:
             return False
         return True
 
-    def server_metadata(self) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(
-            name=SERVER_NAME, version=SERVER_VERSION, extensions=list(EXTENSIONS)
-        )
+    def server_metadata(self) -> ServerMetadata:
+        return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": list(EXTENSIONS)}
 
-    def model_metadata(self, name: str, version: str) -> pb.ModelMetadataResponse:
+    def model_metadata(self, name: str, version: str) -> ModelMetadata:
         model = self.manager.get(name, version)
         config = model.config
-        tm = pb.ModelMetadataResponse.TensorMetadata
-        return pb.ModelMetadataResponse(
-            name=model.name,
-            versions=[str(model.version)],
-            platform=PLATFORM,
-            inputs=[
-                tm(name=config.input.name, datatype=config.input.datatype, shape=[-1, *config.input.shape])
+        return {
+            "name": model.name,
+            "versions": [str(model.version)],
+            "platform": PLATFORM,
+            "inputs": [
+                {
+                    "name": config.input.name,
+                    "datatype": config.input.datatype,
+                    "shape": [-1, *config.input.shape],
+                }
             ],
-            outputs=[
-                tm(name=config.output.name, datatype=config.output.datatype, shape=[-1, *config.output.shape])
+            "outputs": [
+                {
+                    "name": config.output.name,
+                    "datatype": config.output.datatype,
+                    "shape": [-1, *config.output.shape],
+                }
             ],
-        )
+        }
 
-    def model_config(self, name: str, version: str) -> pb.ModelConfigResponse:
-        model = self.manager.get(name, version)
-        return pb.ModelConfigResponse(config=_triton_config(model))
+    def model_config(self, name: str, version: str) -> ModelConfiguration:
+        return _triton_config(self.manager.get(name, version))
 
-    def model_statistics(self, name: str, version: str) -> pb.ModelStatisticsResponse:
-        if name:
-            models = [self.manager.get(name, version)]
-        else:
-            models = self.manager.loaded()
-        response = pb.ModelStatisticsResponse()
+    def model_statistics(self, name: str, version: str) -> ModelStatistics:
+        """Triton's statistics extension, field by field as Triton means them (see ModelStats)."""
+        models = [self.manager.get(name, version)] if name else self.manager.loaded()
+        entries = []
         for model in models:
             s = model.stats
-            entry = response.model_stats.add(
-                name=model.name,
-                version=str(model.version),
-                last_inference=s.last_inference_ms,
-                inference_count=s.inference_count,
-                execution_count=s.execution_count,
+            entries.append(
+                {
+                    "name": model.name,
+                    "version": str(model.version),
+                    "last_inference": s.last_inference_ms,
+                    "inference_count": s.inference_count,
+                    "execution_count": s.execution_count,
+                    "inference_stats": {
+                        key: _duration(getattr(s, key))
+                        for key in (
+                            "success",
+                            "fail",
+                            "queue",
+                            "compute_input",
+                            "compute_infer",
+                            "compute_output",
+                            "cache_hit",
+                            "cache_miss",
+                        )
+                    },
+                    "batch_stats": [
+                        {
+                            "batch_size": size,
+                            "compute_input": _duration(per_size.compute_input),
+                            "compute_infer": _duration(per_size.compute_infer),
+                            "compute_output": _duration(per_size.compute_output),
+                        }
+                        for size, per_size in sorted(s.batch_stats.items())
+                    ],
+                }
             )
-            # Field by field as Triton means them: see ModelStats in server/metrics.py.
-            stats = entry.inference_stats
-            pairs = [
-                (stats.success, s.success),
-                (stats.fail, s.fail),
-                (stats.queue, s.queue),
-                (stats.compute_input, s.compute_input),
-                (stats.compute_infer, s.compute_infer),
-                (stats.compute_output, s.compute_output),
-                (stats.cache_hit, s.cache_hit),
-                (stats.cache_miss, s.cache_miss),
-            ]
-            for size, per_size in sorted(s.batch_stats.items()):
-                batch = entry.batch_stats.add(batch_size=size)
-                pairs += [
-                    (batch.compute_input, per_size.compute_input),
-                    (batch.compute_infer, per_size.compute_infer),
-                    (batch.compute_output, per_size.compute_output),
-                ]
-            for target, source in pairs:
-                target.count, target.ns = source.count, source.ns
-        return response
+        return {"model_stats": entries}
 
     # -- repository ---------------------------------------------------------------------------------
 
-    async def repository_index(self, ready_only: bool) -> pb.RepositoryIndexResponse:
-        response = pb.RepositoryIndexResponse()
-        for entry in await self.manager.entries():
-            if ready_only and entry.current is None:
-                continue
-            version = str(entry.current.version) if entry.current is not None else ""
-            response.models.add(name=entry.name, version=version, state=entry.state, reason=entry.reason)
-        return response
+    async def repository_index(self, ready_only: bool) -> list[RepositoryEntry]:
+        return [
+            {
+                "name": entry.name,
+                "version": str(entry.current.version) if entry.current is not None else "",
+                "state": entry.state,
+                "reason": entry.reason,
+            }
+            for entry in await self.manager.entries()
+            if not ready_only or entry.current is not None
+        ]
 
     def _check_model_control(self, rpc: str) -> None:
         if not self.settings.allow_model_control:
@@ -287,34 +306,39 @@ class DataPlane:
                 "(CNNSERVE_ALLOW_MODEL_CONTROL=1) to allow loading and unloading models"
             )
 
-    async def load(self, request: pb.RepositoryModelLoadRequest) -> None:
+    async def load(self, name: str, parameters: Parameters) -> None:
+        """Load (or reload) a model; the ``version`` parameter pins one version."""
         self._check_model_control("RepositoryModelLoad")
         if self.manager.shutting_down:
             raise Unavailable("server is shutting down")
+        unknown = sorted(set(parameters) - {"version"})
+        if unknown:
+            raise InvalidInput(
+                f"load parameters {unknown} are not supported; expected only 'version' (the model's "
+                "configuration and files come from the repository)"
+            )
         version: int | None = None
-        if "version" in request.parameters:
-            version = parse_version_parameter(request.parameters["version"])
-        await self.manager.load(request.model_name, version)
+        if "version" in parameters:
+            version = parse_version_parameter(parameters["version"])
+        await self.manager.load(name, version)
 
-    async def unload(self, request: pb.RepositoryModelUnloadRequest) -> None:
+    async def unload(self, name: str) -> None:
         self._check_model_control("RepositoryModelUnload")
-        if request.model_name not in {e.name for e in await self.manager.entries()}:
-            raise ModelNotFound(f"unknown model {request.model_name!r}")
-        await self.manager.unload(request.model_name)
+        if name not in {e.name for e in await self.manager.entries()}:
+            raise ModelNotFound(f"unknown model {name!r}")
+        await self.manager.unload(name)
 
 
 #: A version as the repository spells its directories: ASCII digits without a leading zero.
 _VERSION = re.compile(r"[1-9][0-9]{0,17}")
 
 
-def parse_version_parameter(param: pb.ModelRepositoryParameter) -> int:
-    """The ``version`` parameter of RepositoryModelLoad as a positive integer.
+def parse_version_parameter(raw: object) -> int:
+    """The ``version`` parameter of a repository load as a positive integer.
 
     Only the canonical spelling is accepted (``'01'``, ``'1/../x'``, ``'-1'``, ``'²'`` are
     refused), so a version can only ever become one numeric directory name.
     """
-    choice = param.WhichOneof("parameter_choice")
-    raw = getattr(param, choice) if choice else None
     if isinstance(raw, bytes):
         raw = raw.decode(errors="replace")
     if isinstance(raw, int) and not isinstance(raw, bool) and 1 <= raw < 10**18:
@@ -336,57 +360,61 @@ def _deadline(time_remaining: float | None) -> float | None:
     return asyncio.get_running_loop().time() + time_remaining
 
 
-def _classify_response(model: LoadedModel, logits: np.ndarray, top_k: int) -> img_pb.ClassifyResponse:
+def _classify_response(model: LoadedModel, logits: np.ndarray, top_k: int) -> ClassifyResponse:
     labels = model.config.labels
-    probabilities = converters.softmax(logits)
+    probabilities = tensors.softmax(logits)
     k = min(top_k, probabilities.shape[1])
     order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
-    response = img_pb.ClassifyResponse(model_name=model.name, model_version=str(model.version))
-    for row, indices in enumerate(order):
-        result = response.results.add()
-        for index in indices:
-            i = int(index)
-            label = labels[i] if i < len(labels) else str(i)
-            result.classes.add(index=i, label=label, score=float(probabilities[row, i]))
-    return response
+    results = [
+        [
+            ClassScore(int(i), labels[int(i)] if int(i) < len(labels) else str(int(i)), float(row[int(i)]))
+            for i in indices
+        ]
+        for row, indices in zip(probabilities, order, strict=True)
+    ]
+    return ClassifyResponse(model.name, str(model.version), results)
 
 
-_TYPE = {name: getattr(mc, f"TYPE_{name}") for name in converters.CONTENTS_FIELD if name != "BYTES"}
-_TYPE.update({"FP16": mc.TYPE_FP16, "BYTES": mc.TYPE_STRING})
+def _duration(source: object) -> dict[str, int]:
+    return {"count": getattr(source, "count"), "ns": getattr(source, "ns")}  # noqa: B009
 
 
-def _triton_config(model: LoadedModel) -> mc.ModelConfig:
-    config: ModelConfig = model.config
+def _triton_config(model: LoadedModel) -> ModelConfiguration:
+    """The model's configuration as Triton reports it (``ModelConfig``, JSON form)."""
+    config = model.config
     b = model.batching
-    kind = mc.ModelInstanceGroup.KIND_GPU if model.device.kind == "cuda" else mc.ModelInstanceGroup.KIND_CPU
-    group = mc.ModelInstanceGroup(name=f"{model.name}_0", kind=kind, count=len(model.sessions) or b.instances)
+    group: dict[str, object] = {
+        "name": f"{model.name}_0",
+        "kind": "KIND_GPU" if model.device.kind == "cuda" else "KIND_CPU",
+        "count": len(model.sessions) or b.instances,
+    }
     if model.device.kind == "cuda":
-        group.gpus.append(model.device.index)
-    fmt = mc.ModelInput.FORMAT_NCHW if len(config.input.shape) == 3 else mc.ModelInput.FORMAT_NONE
-    return mc.ModelConfig(
-        name=model.name,
-        platform=PLATFORM,
-        backend="onnxruntime",
-        max_batch_size=b.max_batch_size,
-        input=[
-            mc.ModelInput(
-                name=config.input.name,
-                data_type=_TYPE[config.input.datatype],
-                format=fmt,
-                dims=list(config.input.shape),
-            )
+        group["gpus"] = [model.device.index]
+    return {
+        "name": model.name,
+        "platform": PLATFORM,
+        "backend": "onnxruntime",
+        "max_batch_size": b.max_batch_size,
+        "input": [
+            {
+                "name": config.input.name,
+                "data_type": DATATYPES[config.input.datatype].config_type,
+                "format": "FORMAT_NCHW" if len(config.input.shape) == 3 else "FORMAT_NONE",
+                "dims": list(config.input.shape),
+            }
         ],
-        output=[
-            mc.ModelOutput(
-                name=config.output.name,
-                data_type=_TYPE[config.output.datatype],
-                dims=list(config.output.shape),
-            )
+        "output": [
+            {
+                "name": config.output.name,
+                "data_type": DATATYPES[config.output.datatype].config_type,
+                "dims": list(config.output.shape),
+            }
         ],
-        dynamic_batching=mc.ModelDynamicBatching(
-            preferred_batch_size=[b.max_batch_size], max_queue_delay_microseconds=b.max_queue_delay_us
-        ),
-        instance_group=[group],
-        default_model_filename="model.onnx",
-        parameters={"max_queue_size": mc.ModelParameter(string_value=str(b.max_queue_size))},
-    )
+        "dynamic_batching": {
+            "preferred_batch_size": [b.max_batch_size],
+            "max_queue_delay_microseconds": b.max_queue_delay_us,
+        },
+        "instance_group": [group],
+        "default_model_filename": "model.onnx",
+        "parameters": {"max_queue_size": {"string_value": str(b.max_queue_size)}},
+    }

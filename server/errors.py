@@ -1,27 +1,26 @@
-"""Errors the server answers with, each carrying its gRPC status code.
+"""Errors the server answers with, each carrying its status in both protocols.
 
 ::
 
-    ServerError                      INTERNAL (base; also any unexpected exception)
-    ├── ModelNotFound                NOT_FOUND            unknown model or version
-    ├── InvalidInput                 INVALID_ARGUMENT     wrong name, datatype, shape, byte count, image
-    ├── QueueFull                    RESOURCE_EXHAUSTED   the model's bounded queue is full
-    ├── DeadlineExceeded             DEADLINE_EXCEEDED    the request's deadline passed while queued
-    ├── Unavailable                  UNAVAILABLE          model failed to load / unloaded / shutting down
-    ├── LoadFailed                   FAILED_PRECONDITION  RepositoryModelLoad could not load the model
-    ├── PermissionDenied             PERMISSION_DENIED    model control without --allow-model-control
-    └── StartupError                 (never sent)         bad settings: the process refuses to start
+    ServerError                      INTERNAL             500  (base; also any unexpected exception)
+    ├── ModelNotFound                NOT_FOUND            404  unknown model or version
+    ├── InvalidInput                 INVALID_ARGUMENT     400  wrong name, datatype, shape, byte count, image
+    ├── QueueFull                    RESOURCE_EXHAUSTED   429  the model's bounded queue is full
+    ├── DeadlineExceeded             DEADLINE_EXCEEDED    504  the request's deadline passed while queued
+    ├── Unavailable                  UNAVAILABLE          503  model failed to load / unloaded / shutting down
+    ├── LoadFailed                   FAILED_PRECONDITION  400  a repository load could not load the model
+    ├── PermissionDenied             PERMISSION_DENIED    403  model control without --allow-model-control
+    ├── Unauthenticated              UNAUTHENTICATED      401  no or a wrong bearer token
+    └── StartupError                 (never sent)              bad settings: the process refuses to start
 
-:func:`abort_with` is the one place that turns them into ``context.abort``.
+:data:`STATUSES` is the one table of status names and their HTTP codes; each edge maps a
+:class:`Status` to its own code (``grpc.StatusCode[status.name]``, ``status.http``).
 """
 
 from __future__ import annotations
 
+import enum
 import logging
-from typing import NoReturn
-
-import grpc
-import grpc.aio
 
 logger = logging.getLogger(__name__)
 
@@ -29,10 +28,30 @@ logger = logging.getLogger(__name__)
 INTERNAL_MESSAGE = "internal server error; the server log has the details"
 
 
-class ServerError(Exception):
-    """Base class: an error with a gRPC status code and a message meant for the client."""
+class Status(enum.Enum):
+    """A protocol-neutral status: its name is the gRPC code's, its value the HTTP status."""
 
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    OK = 200
+    INVALID_ARGUMENT = 400
+    FAILED_PRECONDITION = 4000  # HTTP 400 as well (an enum needs distinct values)
+    UNAUTHENTICATED = 401
+    PERMISSION_DENIED = 403
+    NOT_FOUND = 404
+    RESOURCE_EXHAUSTED = 429
+    INTERNAL = 500
+    UNAVAILABLE = 503
+    DEADLINE_EXCEEDED = 504
+
+    @property
+    def http(self) -> int:
+        """The HTTP status code this status is answered with."""
+        return 400 if self is Status.FAILED_PRECONDITION else self.value
+
+
+class ServerError(Exception):
+    """Base class: an error with a status and a message meant for the client."""
+
+    status: Status = Status.INTERNAL
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -41,55 +60,52 @@ class ServerError(Exception):
     @property
     def reason(self) -> str:
         """Short metric label for the failure, e.g. ``invalid_argument``."""
-        return str(self.code.name).lower()
+        return self.status.name.lower()
 
 
 class ModelNotFound(ServerError):
-    code = grpc.StatusCode.NOT_FOUND
+    status = Status.NOT_FOUND
 
 
 class InvalidInput(ServerError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    status = Status.INVALID_ARGUMENT
 
 
 class QueueFull(ServerError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    status = Status.RESOURCE_EXHAUSTED
 
 
 class DeadlineExceeded(ServerError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    status = Status.DEADLINE_EXCEEDED
 
 
 class Unavailable(ServerError):
-    code = grpc.StatusCode.UNAVAILABLE
+    status = Status.UNAVAILABLE
 
 
 class LoadFailed(ServerError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    status = Status.FAILED_PRECONDITION
 
 
 class PermissionDenied(ServerError):
-    code = grpc.StatusCode.PERMISSION_DENIED
+    status = Status.PERMISSION_DENIED
+
+
+class Unauthenticated(ServerError):
+    status = Status.UNAUTHENTICATED
 
 
 class StartupError(ServerError):
     """Settings the server cannot start with (e.g. ``--device cuda`` without a GPU)."""
 
 
-def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The status code and client-safe message for any exception.
+def status_of(exc: BaseException) -> tuple[Status, str]:
+    """The status and client-safe message for any exception.
 
     Unexpected exceptions are logged with their traceback here and reduced to a
     generic INTERNAL message, so no traceback ever reaches a client.
     """
     if isinstance(exc, ServerError):
-        return exc.code, exc.message
+        return exc.status, exc.message
     logger.error("unexpected error while serving a request", exc_info=exc)
-    return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
-
-
-async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException) -> NoReturn:
-    """Abort the RPC with the status that ``exc`` maps to."""
-    code, message = status_of(exc)
-    await context.abort(code, message)
-    raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises
+    return Status.INTERNAL, INTERNAL_MESSAGE

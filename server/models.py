@@ -21,6 +21,7 @@ import onnxruntime as ort
 
 import modelrepo
 from modelrepo import BatchingConfig, ModelConfig
+from modelrepo.datatypes import DATATYPES
 from server.batcher import DynamicBatcher, Reservation
 from server.errors import InvalidInput, LoadFailed, ModelNotFound, StartupError, Unavailable
 from server.metrics import Metrics, ModelStats
@@ -60,7 +61,7 @@ class LoadedModel:
     def __post_init__(self) -> None:
         self.input_name = self.config.input.name
         self.output_names = [self.config.output.name]
-        self.dtype = np.dtype(modelrepo.config.DATATYPES[self.config.input.datatype])
+        self.dtype = DATATYPES[self.config.input.datatype].dtype
         self.sample_shape = self.config.input.shape
         self.max_batch_size = self.batching.max_batch_size
         sessions = self.sessions
@@ -321,7 +322,7 @@ class ModelManager:
         sessions = []
         device = self.device
         try:
-            dtype = modelrepo.config.DATATYPES[mv.config.input.datatype]
+            dtype = DATATYPES[mv.config.input.datatype].dtype.name
             spec = mv.config.input
             for _ in range(batching.instances):
                 session, device, threads = open_session(

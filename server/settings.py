@@ -54,6 +54,8 @@ class Settings:
     repository: Path = Path("model_repository")
     host: str = "0.0.0.0"
     port: int = 8001
+    #: KServe v2 HTTP/REST and the model page; 0 picks a free port, a negative value disables it.
+    http_port: int = 8000
     #: 0 picks a free port; a negative value disables the metrics endpoint.
     metrics_port: int = 8002
     device: str = "auto"
@@ -106,9 +108,10 @@ class Settings:
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError(f"workers is {self.workers}; expected >= 1")
-        if not 0 <= self.port <= MAX_PORT or self.metrics_port > MAX_PORT:
+        if not 0 <= self.port <= MAX_PORT or self.metrics_port > MAX_PORT or self.http_port > MAX_PORT:
             raise ValueError(
-                f"port is {self.port} and metrics_port {self.metrics_port}; expected 0-{MAX_PORT}"
+                f"port is {self.port}, http_port {self.http_port} and metrics_port {self.metrics_port}; "
+                f"expected 0-{MAX_PORT}"
             )
         if self.intra_op_threads < 0:
             raise ValueError(f"intra_op_threads is {self.intra_op_threads}; expected >= 0 (0: automatic)")
@@ -263,13 +266,19 @@ def get_args_parser() -> argparse.ArgumentParser:
         usage="%(prog)s [options]",
         # Bad values raise, so settings_from_args can word the error (see _error_line).
         exit_on_error=False,
-        description="Serve a model repository over KServe v2 gRPC on ONNX Runtime. "
+        description="Serve a model repository over KServe v2 gRPC and HTTP/REST on ONNX Runtime. "
         f"Every flag can also be set as an environment variable {ENV_PREFIX}<FLAG> "
         f"(e.g. {ENV_PREFIX}PORT=8001).",
     )
     p.add_argument("--repository", type=Path, default=d.repository, help="model repository directory")
     p.add_argument("--host", default=d.host, help="address to bind")
     p.add_argument("--port", type=_PORT, default=d.port, help="gRPC port (0: any free port)")
+    p.add_argument(
+        "--http-port",
+        type=_integer(None, MAX_PORT, "0: any free port, negative: no HTTP endpoint"),
+        default=d.http_port,
+        help="HTTP/REST port and the model page (0: any, <0: disabled)",
+    )
     p.add_argument(
         "--metrics-port",
         type=_integer(None, MAX_PORT, "0: any free port, negative: no metrics endpoint"),
@@ -280,18 +289,39 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--models",
         type=_model_list,
-        default=(),
+        default=d.models,
         help="comma-separated models to load, each NAME or NAME:VERSION (default: all)",
     )
     p.add_argument(
-        "--default-model", type=_model_name, default=None, help="model for image requests that name none"
+        "--default-model",
+        type=_model_name,
+        default=d.default_model,
+        help="model for image requests that name none (default: the first loaded)",
     )
     p.add_argument(
-        "--max-batch-size", type=_AT_LEAST_1, default=None, help="override every model's max batch"
+        "--max-batch-size",
+        type=_AT_LEAST_1,
+        default=d.max_batch_size,
+        help="override every model's max batch (default: each model's config)",
     )
-    p.add_argument("--max-queue-delay-us", type=_AT_LEAST_0, default=None, help="override max queue delay")
-    p.add_argument("--max-queue-size", type=_AT_LEAST_1, default=None, help="override queue bound (requests)")
-    p.add_argument("--instances", type=_AT_LEAST_1, default=None, help="override sessions per model")
+    p.add_argument(
+        "--max-queue-delay-us",
+        type=_AT_LEAST_0,
+        default=d.max_queue_delay_us,
+        help="override max queue delay (default: each model's config)",
+    )
+    p.add_argument(
+        "--max-queue-size",
+        type=_AT_LEAST_1,
+        default=d.max_queue_size,
+        help="override queue bound in requests (default: each model's config)",
+    )
+    p.add_argument(
+        "--instances",
+        type=_AT_LEAST_1,
+        default=d.instances,
+        help="override sessions per model (default: each model's config)",
+    )
     p.add_argument(
         "--intra-op-threads",
         type=_integer(0, None, "0: automatic"),
@@ -310,7 +340,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--workers",
         type=_AT_LEAST_1,
         default=d.workers,
-        help="server processes sharing the port (SO_REUSEPORT); worker i serves metrics on port + i",
+        help="server processes sharing the gRPC and HTTP ports (SO_REUSEPORT); worker i serves metrics "
+        "on port + i",
     )
     p.add_argument(
         "--shutdown-delay",
@@ -324,27 +355,40 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--max-message-bytes",
         type=_integer(MiB, None, "1 MiB"),
         default=d.max_message_bytes,
-        help="gRPC message cap",
+        help="gRPC message and HTTP request body cap",
     )
     p.add_argument(
         "--max-image-pixels", type=_AT_LEAST_1, default=d.max_image_pixels, help="decoded image cap"
     )
     p.add_argument(
-        "--log-level", type=_log_level, default=d.log_level, metavar="{" + ",".join(LOG_LEVELS) + "}"
+        "--log-level",
+        type=_log_level,
+        default=d.log_level,
+        metavar="{" + ",".join(LOG_LEVELS) + "}",
+        help=f"{', '.join(LOG_LEVELS[:-1])} or {LOG_LEVELS[-1]} (any case)",
     )
-    p.add_argument("--log-format", type=_log_format, default=d.log_format, metavar="{text,json}")
+    p.add_argument(
+        "--log-format",
+        type=_log_format,
+        default=d.log_format,
+        metavar="{text,json}",
+        help="text, or json (one object per line)",
+    )
     sec = p.add_argument_group("security and limits")
     sec.add_argument(
-        "--tls-cert", type=Path, default=None, help="PEM server certificate (chain); enables TLS"
+        "--tls-cert", type=Path, default=d.tls_cert, help="PEM server certificate (chain); enables TLS"
     )
-    sec.add_argument("--tls-key", type=Path, default=None, help="PEM private key of --tls-cert")
+    sec.add_argument("--tls-key", type=Path, default=d.tls_key, help="PEM private key of --tls-cert")
     sec.add_argument(
-        "--tls-client-ca", type=Path, default=None, help="PEM CA; require client certificates it signed"
+        "--tls-client-ca",
+        type=Path,
+        default=d.tls_client_ca,
+        help="PEM CA; require client certificates it signed",
     )
     sec.add_argument(
         "--auth-token",
-        default=None,
-        help="require 'authorization: Bearer TOKEN' on every RPC except health (prefer the "
+        default=d.auth_token,
+        help="require 'authorization: Bearer TOKEN' on every RPC and HTTP request except health (prefer the "
         "environment variable or --auth-token-file: flags show up in ps)",
     )
     sec.add_argument("--auth-token-file", type=Path, default=None, help="file holding the token")
@@ -354,7 +398,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         nargs="?",
         const=True,
         default=d.allow_model_control,
-        help="enable RepositoryModelLoad/Unload (off: PERMISSION_DENIED)",
+        help="enable RepositoryModelLoad/Unload and HTTP load/unload (off: PERMISSION_DENIED, 403)",
     )
     sec.add_argument(
         "--max-concurrent-streams",
@@ -366,7 +410,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--max-concurrent-rpcs",
         type=_integer(0, None, "0: no limit"),
         default=d.max_concurrent_rpcs,
-        help="RPCs in progress server-wide before RESOURCE_EXHAUSTED (0: no limit)",
+        help="RPCs in progress server-wide before RESOURCE_EXHAUSTED; HTTP: connections before 503 "
+        "(0: no limit)",
     )
     sec.add_argument(
         "--max-stream-inflight",
@@ -383,16 +428,57 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+def options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """The parser's options in declaration order, argument groups included, ``--help`` left out."""
+    return [a for a in parser._actions if a.option_strings and a.dest != "help"]
+
+
+def env_var(action: argparse.Action) -> str:
+    """The environment variable that sets an option: ``CNNSERVE_<DEST>``."""
+    return ENV_PREFIX + action.dest.upper()
+
+
+def _typed(value: object) -> str:
+    """A default as one would type it on the command line or in the variable."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def settings_table(parser: argparse.ArgumentParser | None = None) -> str:
+    """The Markdown table of every option of ``python -m server`` (docs/server.md's flag table).
+
+    One row per option in parser order: flag, environment variable, default and help text.
+    An option without a default (None or empty) shows *unset*.
+    """
+    parser = parser or get_args_parser()
+    formatter = parser._get_formatter()
+    rows = ["| flag | environment | default | meaning |", "|---|---|---|---|"]
+    for action in options(parser):
+        flag = action.option_strings[-1] + (" [0/1]" if action.type is _flag else "")
+        value = action.default
+        if value is None or value == () or value == "":
+            default = "*unset*"
+        else:
+            default = f"`{_typed(value)}`"
+            if action.dest.endswith("_bytes") and value % MiB == 0:
+                default += f" ({value // MiB} MiB)"
+        meaning = formatter._expand_help(action) if action.help else ""
+        meaning = " ".join(meaning.split()).replace("|", "\\|")
+        rows.append(f"| `{flag}` | `{env_var(action)}` | {default} | {meaning} |")
+    return "\n".join(rows) + "\n"
+
+
 def _env_defaults(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> dict[str, str]:
     """Let CNNSERVE_* variables replace the parser's defaults (flags still win).
 
     Returns the variable each replaced default came from, by destination.
     """
     used = {}
-    for action in parser._actions:
-        if not action.option_strings or action.dest == "help":
-            continue
-        key = ENV_PREFIX + action.dest.upper()
+    for action in options(parser):
+        key = env_var(action)
         if key in environ:
             raw = environ[key]
             try:
@@ -436,36 +522,10 @@ def settings_from_args(
             except ValueError as exc:
                 name = source or "--auth-token-file "
                 raise ValueError(f"{name}{shlex.quote(str(args.auth_token_file))}: {exc}") from None
-        return Settings(
-            repository=args.repository,
-            host=args.host,
-            port=args.port,
-            metrics_port=args.metrics_port,
-            device=args.device,
-            models=args.models,
-            default_model=args.default_model or None,
-            max_batch_size=args.max_batch_size,
-            max_queue_delay_us=args.max_queue_delay_us,
-            max_queue_size=args.max_queue_size,
-            instances=args.instances,
-            intra_op_threads=args.intra_op_threads,
-            greedy_batching=args.greedy_batching,
-            workers=args.workers,
-            shutdown_delay=args.shutdown_delay,
-            grace_period=args.grace_period,
-            max_message_bytes=args.max_message_bytes,
-            max_image_pixels=args.max_image_pixels,
-            log_level=args.log_level,
-            log_format=args.log_format,
-            tls_cert=args.tls_cert,
-            tls_key=args.tls_key,
-            tls_client_ca=args.tls_client_ca,
-            auth_token=token,
-            allow_model_control=args.allow_model_control,
-            max_concurrent_streams=args.max_concurrent_streams,
-            max_concurrent_rpcs=args.max_concurrent_rpcs,
-            max_stream_inflight=args.max_stream_inflight,
-            max_queue_bytes=args.max_queue_bytes,
-        )
+        # Every option's destination is the Settings field of that name, except the token file,
+        # which only supplies auth_token.
+        values = dict(vars(args))
+        del values["auth_token_file"]
+        return Settings(**{**values, "auth_token": token, "default_model": args.default_model or None})
     except ValueError as exc:
         parser.error(str(exc))

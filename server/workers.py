@@ -1,4 +1,4 @@
-"""``--workers N``: N supervised server processes sharing one gRPC port with SO_REUSEPORT.
+"""``--workers N``: N supervised server processes sharing the gRPC and HTTP ports with SO_REUSEPORT.
 
 One Python process serves RPCs on one core at most: grpc.aio's Python layer and the
 event loop hold the GIL. Several processes each bind the same port with
@@ -74,12 +74,14 @@ EXIT_STARTUP = 2
 _PR_SET_PDEATHSIG = 1
 
 
-def worker_settings(settings: Settings, index: int, port: int) -> Settings:
-    """Worker ``index``'s settings: the shared port and its own metrics port."""
+def worker_settings(settings: Settings, index: int, port: int, http_port: int | None = None) -> Settings:
+    """Worker ``index``'s settings: the shared ports (``http_port`` None: the settings') and its own
+    metrics port."""
     metrics_port = settings.metrics_port
     if metrics_port > 0:
         metrics_port += index
-    return replace(settings, port=port, metrics_port=metrics_port)
+    http = settings.http_port if http_port is None else http_port
+    return replace(settings, port=port, http_port=http, metrics_port=metrics_port)
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -119,13 +121,14 @@ async def _serve_worker(settings: Settings, index: int, conn: Connection) -> int
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     logger.info(
-        "worker %d (pid %d) serving on port %d, metrics on %s",
+        "worker %d (pid %d) serving on port %d, metrics on %s, HTTP on %s",
         index,
         os.getpid(),
         port,
         server.metrics_port if server.metrics_port is not None else "-",
+        server.http_port if server.http_port is not None else "-",
     )
-    conn.send(("serving", port))
+    conn.send(("serving", (port, server.http_port)))
     await stop.wait()
     await server.stop()
     return EXIT_OK
@@ -163,8 +166,9 @@ class _Supervisor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.workers = [_Worker(i) for i in range(settings.workers)]
-        #: The shared gRPC port, once worker 0 has bound it.
+        #: The shared gRPC and HTTP ports, once worker 0 has bound them.
         self.port: int | None = None
+        self.http_port: int | None = None
         self.ready = False
         self.restarts: deque[float] = deque()
         self.stop_requested = False
@@ -192,7 +196,12 @@ class _Supervisor:
         parent, child = self.context.Pipe(duplex=False)
         process = self.context.Process(
             target=_worker_main,
-            args=(worker_settings(self.settings, worker.index, port), worker.index, child, os.getpid()),
+            args=(
+                worker_settings(self.settings, worker.index, port, self.http_port),
+                worker.index,
+                child,
+                os.getpid(),
+            ),
             name=f"cnnserve-worker-{worker.index}",
         )
         process.start()
@@ -240,7 +249,7 @@ class _Supervisor:
         elif kind == "serving":
             worker.serving_since = now
             if self.port is None:
-                self.port = value
+                self.port, self.http_port = value
                 for other in self.workers[1:]:
                     self._start(other)
 

@@ -29,7 +29,7 @@ def build_requests(
     rng = np.random.default_rng(0)
     requests: list[bytes] = []
     if mode == "tensor":
-        dtype = np.dtype(convert.DATATYPES[spec.datatype])
+        dtype = convert.DATATYPES[spec.datatype].dtype
         for _ in range(REQUEST_VARIANTS):
             batch = rng.standard_normal((batch_size, *sample_shape)).astype(dtype)
             checked = convert.check_inputs(metadata, {spec.name: batch})

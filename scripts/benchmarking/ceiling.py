@@ -29,13 +29,13 @@ MIN_CALLS = 3
 def measure_ceiling(repository: Path, model: str, plan: Plan) -> dict[str, Any]:
     """Samples/s and the p50 time per call at each planned batch size, per repeat, on random inputs."""
     from modelrepo import latest_version, read_version
-    from modelrepo.config import DATATYPES
+    from modelrepo.datatypes import DATATYPES
     from server.runtime import Device, open_session
 
     version = read_version(repository, model, latest_version(repository, model) or 1)
     name = version.config.input.name
     shape = version.config.input.shape
-    dtype = DATATYPES[version.config.input.datatype]
+    dtype = DATATYPES[version.config.input.datatype].dtype.name
     instances = version.config.batching.instances
     session, _device, threads = open_session(
         version.model_path,

@@ -137,6 +137,8 @@ class Server(ServerProcess):
             "127.0.0.1",
             "--port",
             str(port),
+            "--http-port",
+            "-1",
             "--metrics-port",
             str(self.metrics_port),
             "--device",

@@ -22,6 +22,7 @@ from benchmarking.commands import log
 import modelrepo
 from gpucheck.plan import Plan
 from gpucheck.preflight import PROVIDER_LIBRARIES, TENSORRT, missing_libraries, ort_distribution
+from modelrepo.datatypes import DATATYPES
 from server.runtime import CPU, Device, open_session
 
 
@@ -38,7 +39,7 @@ def session_for(path: Path, device: Device, config: modelrepo.ModelConfig) -> or
         instances=1,
         input_name=spec.name,
         sample_shape=spec.shape,
-        dtype=modelrepo.config.DATATYPES[spec.datatype],
+        dtype=DATATYPES[spec.datatype].dtype.name,
     )
     return session
 

@@ -46,7 +46,7 @@ class GpuServer(ServerProcess):
         port = free_port()
         self.server_command = [
             PYTHON, "-m", "server", "--repository", str(repository), "--models", model,
-            "--device", str(device), "--host", "127.0.0.1", "--port", str(port),
+            "--device", str(device), "--host", "127.0.0.1", "--port", str(port), "--http-port", "-1",
             "--metrics-port", str(self.metrics_port), "--log-format", "json", "--log-level", "INFO",
         ]  # fmt: skip
         # ServerProcess starts its command in this process's environment: `env` sets the variables

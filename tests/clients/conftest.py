@@ -31,6 +31,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         repository=repository,
         host="127.0.0.1",
         port=0,
+        http_port=0,
         metrics_port=0,
         device="cpu",
         default_model="tiny",

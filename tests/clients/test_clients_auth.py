@@ -32,6 +32,7 @@ def token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
         repository=repository,
         host="127.0.0.1",
         port=0,
+        http_port=0,
         metrics_port=-1,
         device="cpu",
         intra_op_threads=1,

@@ -46,6 +46,7 @@ def swap(tmp_path: Path) -> Iterator[SwapServer]:
         repository=repository,
         host="127.0.0.1",
         port=0,
+        http_port=0,
         metrics_port=-1,
         device="cpu",
         intra_op_threads=1,

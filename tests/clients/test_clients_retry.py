@@ -447,6 +447,7 @@ def replica(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any
         repository=root / "repository",
         host="127.0.0.1",
         port=0,
+        http_port=0,
         metrics_port=0,
         device="cpu",
         intra_op_threads=1,

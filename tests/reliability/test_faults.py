@@ -518,7 +518,7 @@ async def test_crash_and_restart(fleet: tuple[Path, dict[str, TinyModel]]) -> No
             assert sum(await asyncio.gather(*clients)) == 8  # every client's last call: UNAVAILABLE
             # The dead process' counters died with it; the new one counts from zero, exactly
             # what is sent to it.
-            restarted = _process(repo, "--port", str(port), "--metrics-port", "0")
+            restarted = _process(repo, "--port", str(port), "--metrics-port", "0", "--http-port", "0")
             try:
                 assert restarted.port == port
                 response = await stub.ModelInfer(infer_request("tiny", x), timeout=20, wait_for_ready=True)

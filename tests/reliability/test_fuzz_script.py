@@ -1,7 +1,7 @@
 """The short CI run of ``scripts/fuzz.py`` (coverage-guided fuzzing with atheris), and its self-test.
 
 The fuzzer runs in a subprocess, as a developer runs it: every target must execute inputs,
-measure coverage and find nothing; with ``--plant-bug`` (decode_request without its byte-count
+measure coverage and find nothing; with ``--plant-bug`` (input_batch without its byte-count
 check) it must find the planted bug and save an input that reproduces it.
 """
 

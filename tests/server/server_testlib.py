@@ -5,6 +5,8 @@ A uniquely named module (not ``conftest``) so test files can import it by name.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -143,6 +145,7 @@ def make_settings(repository: Path, **overrides: object) -> Settings:
         repository=repository,
         host="127.0.0.1",
         port=0,
+        http_port=0,
         metrics_port=-1,
         device="cpu",
         grace_period=5.0,
@@ -165,3 +168,18 @@ async def start(repo: Path, models: dict[str, TinyModel], **overrides: object) -
         repo,
         models,
     )
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def export_lenet(repository: Path, *training: str, timeout: float = 300) -> Path:
+    """A real LeNet published into ``repository`` by ``python -m export`` (``training``: its flags)."""
+    subprocess.run(
+        [sys.executable, "-m", "export", "lenet", *training, "--repository", str(repository)],
+        cwd=REPO_ROOT,
+        check=True,
+        capture_output=True,
+        timeout=timeout,
+    )
+    return repository

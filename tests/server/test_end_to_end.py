@@ -4,46 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import io
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from server_testlib import Running, infer_request, ort_reference, output_array, start
+from server_testlib import Running, export_lenet, infer_request, ort_reference, output_array, start
 
 from modelrepo import preprocess_image, read_version
 from protocol import grpc_service_pb2 as pb
 from protocol import image_classification_pb2 as img_pb
-from server.converters import softmax
+from server.tensors import softmax
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    repository = tmp_path_factory.mktemp("exported")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "export",
-            "lenet",
-            "--epochs",
-            "1",
-            "--max-train-samples",
-            "300",
-            "--repository",
-            str(repository),
-        ],
-        cwd=REPO_ROOT,
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    return repository
+    return export_lenet(tmp_path_factory.mktemp("exported"), "--epochs", "1", "--max-train-samples", "300")
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from server_testlib import Running
 
 from modelrepo import preprocess_image
 from protocol import image_classification_pb2 as img_pb
-from server.converters import softmax
+from server.tensors import softmax
 
 
 def _encode(image: Image.Image, fmt: str) -> bytes:

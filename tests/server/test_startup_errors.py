@@ -92,7 +92,18 @@ def test_startup_error_is_one_line_and_exit_2_with_and_without_workers(
 ) -> None:
     """Errors found while starting (StartupError) read the same from one process and from workers."""
     publish_tiny(tmp_path, "tiny")
-    common = ["--repository", str(tmp_path), "--host", "127.0.0.1", "--port", "0", "--metrics-port", "-1"]
+    common = [
+        "--repository",
+        str(tmp_path),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--http-port",
+        "0",
+        "--metrics-port",
+        "-1",
+    ]
     result = _run_server([*common, "--workers", workers, "--log-level", "WARNING", *args])
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr, result.stderr

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
@@ -27,7 +29,7 @@ from server import workers
 from server.runtime import intra_op_threads_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SERVING = re.compile(r"worker (\d+) \(pid (\d+)\) serving on port (\d+)")
+SERVING = re.compile(r"worker (\d+) \(pid (\d+)\) serving on port (\d+), metrics on \S+, HTTP on (\d+)")
 
 
 def test_intra_op_threads_share_the_cores_between_workers() -> None:
@@ -149,6 +151,8 @@ async def supervisor(
         "127.0.0.1",
         "--port",
         "0",
+        "--http-port",
+        "0",
         "--metrics-port",
         "-1",
         "--device",
@@ -191,6 +195,18 @@ async def _answers(port: int) -> None:
     assert response.outputs[0].shape == [1, 4]
 
 
+def _answers_http(port: int) -> None:
+    """The shared HTTP port answers an inference (a fresh connection)."""
+    body = json.dumps(
+        {"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [1.0] * 64}]}
+    ).encode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v2/models/tiny/infer", body, {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert json.loads(answer.read())["outputs"][0]["shape"] == [1, 4]
+
+
 async def test_each_worker_gets_its_share_of_the_cores(tmp_path: Path) -> None:
     """2 workers on C cores: each session gets C // 2 automatic intra-op threads, not C each."""
     cores = sorted(os.sched_getaffinity(0))[:4]
@@ -215,7 +231,8 @@ async def test_a_killed_worker_is_restarted_on_the_same_port(tmp_path: Path) -> 
     async with supervisor(tmp_path, "--workers", "2") as server:
         await server.wait_for(r"ready on port \d+ \(2 workers\)")
         found = {m.group(1): m for m in map(SERVING.search, server.lines) if m}
-        port = int(found["0"].group(3))
+        port, http_port = int(found["0"].group(3)), int(found["0"].group(4))
+        assert int(found["1"].group(4)) == http_port, "the workers do not share the HTTP port"
         old_pid = int(found["1"].group(2))
         seen = len(server.lines)
         os.kill(old_pid, signal.SIGKILL)
@@ -227,6 +244,7 @@ async def test_a_killed_worker_is_restarted_on_the_same_port(tmp_path: Path) -> 
         os.kill(int(found["0"].group(2)), signal.SIGKILL)
         await server.wait_for(r"worker 0 \(pid \d+\) was killed", seen)
         await _answers(port)
+        await asyncio.to_thread(_answers_http, http_port)
         await server.wait_for(r"worker 0 \(pid \d+\) serving", seen)
         assert server.process.returncode is None
         server.process.send_signal(signal.SIGTERM)

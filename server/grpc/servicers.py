@@ -1,7 +1,7 @@
-"""gRPC servicers: convert nothing, decide nothing; call the data plane and map errors.
+"""gRPC servicers: decide nothing; convert (:mod:`server.grpc.converters`), call the core, map errors.
 
 Every unary method goes through :func:`_guard`, the one place where exceptions
-become statuses (via :func:`server.errors.abort_with`).
+become statuses (:func:`abort_with`).
 
 :func:`add_services` registers both services with request deserializers that never
 raise: bytes that are not the method's message become an :class:`Undecodable`, which
@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar, cast
+from typing import Any, NoReturn, TypeVar, cast
 
 import grpc
 import grpc.aio
@@ -24,11 +24,24 @@ from protocol import grpc_service_pb2_grpc as pb_grpc
 from protocol import image_classification_pb2 as img_pb
 from protocol import image_classification_pb2_grpc as img_grpc
 from server.dataplane import DataPlane
-from server.errors import abort_with, status_of
+from server.errors import Status, status_of
+from server.grpc import converters
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+def grpc_code(status: Status) -> grpc.StatusCode:
+    """The gRPC status code of a core status (they share names)."""
+    return cast(grpc.StatusCode, grpc.StatusCode[status.name])
+
+
+async def abort_with(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> NoReturn:
+    """Abort the RPC with the status that ``exc`` maps to."""
+    status, message = status_of(exc)
+    await context.abort(grpc_code(status), message)
+    raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises
 
 
 class Undecodable:
@@ -129,13 +142,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: Any
     ) -> pb.ServerMetadataResponse:
-        return self.plane.server_metadata()
+        return converters.server_metadata(self.plane.server_metadata())
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
-        return await _guard(context, _value(lambda: self.plane.model_metadata(request.name, request.version)))
+        return await _guard(
+            context,
+            _value(
+                lambda: converters.model_metadata(self.plane.model_metadata(request.name, request.version))
+            ),
+        )
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
-        return await _guard(context, self.plane.infer(request, context.time_remaining()))
+        return await _guard(context, _infer(self.plane, request, context.time_remaining()))
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
@@ -153,7 +171,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         async def one(request: pb.ModelInferRequest) -> None:
             try:
-                response = await self.plane.infer(request, context.time_remaining())
+                response = await _infer(self.plane, request, context.time_remaining())
                 await results.put(pb.ModelStreamInferResponse(infer_response=response))
             except Exception as exc:
                 _code, message = status_of(exc)
@@ -213,30 +231,39 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 task.cancel()
 
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
-        return await _guard(context, _value(lambda: self.plane.model_config(request.name, request.version)))
+        return await _guard(
+            context,
+            _value(lambda: converters.model_config(self.plane.model_config(request.name, request.version))),
+        )
 
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: Any
     ) -> pb.ModelStatisticsResponse:
         return await _guard(
-            context, _value(lambda: self.plane.model_statistics(request.name, request.version))
+            context,
+            _value(
+                lambda: converters.model_statistics(
+                    self.plane.model_statistics(request.name, request.version)
+                )
+            ),
         )
 
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: Any
     ) -> pb.RepositoryIndexResponse:
-        return await _guard(context, self.plane.repository_index(request.ready))
+        entries = await _guard(context, self.plane.repository_index(request.ready))
+        return converters.repository_index(entries)
 
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Any
     ) -> pb.RepositoryModelLoadResponse:
-        await _guard(context, self.plane.load(request))
+        await _guard(context, self.plane.load(request.model_name, converters.load_parameters(request)))
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: Any
     ) -> pb.RepositoryModelUnloadResponse:
-        await _guard(context, self.plane.unload(request))
+        await _guard(context, self.plane.unload(request.model_name))
         return pb.RepositoryModelUnloadResponse()
 
 
@@ -247,4 +274,17 @@ class ImageClassificationServicer(img_grpc.ImageClassificationServicer):
         self.plane = plane
 
     async def Classify(self, request: img_pb.ClassifyRequest, context: Any) -> img_pb.ClassifyResponse:
-        return await _guard(context, self.plane.classify(request, context.time_remaining()))
+        return await _guard(context, _classify(self.plane, request, context.time_remaining()))
+
+
+async def _infer(
+    plane: DataPlane, request: pb.ModelInferRequest, time_remaining: float | None
+) -> pb.ModelInferResponse:
+    return converters.infer_response(await plane.infer(converters.infer_request(request), time_remaining))
+
+
+async def _classify(
+    plane: DataPlane, request: img_pb.ClassifyRequest, time_remaining: float | None
+) -> img_pb.ClassifyResponse:
+    response = await plane.classify(converters.classify_request(request), time_remaining)
+    return converters.classify_response(response)
