@@ -423,6 +423,27 @@ def classify_accuracy(target: str, model: str, pngs: list[Path], truth: list[str
     return sum(p == t for p, t in zip(predicted, truth, strict=True)) / len(truth)
 
 
+def http_labels(base: str, model: str, pngs: list[Path]) -> list[str]:
+    """Top-1 labels from the HTTP image endpoint (the body a `curl --data-binary @x.png` sends)."""
+    labels = []
+    for png in pngs:
+        request = urllib.request.Request(
+            f"{base}/v2/models/{model}/classify",
+            data=png.read_bytes(),
+            headers={"Content-Type": "image/png"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            labels.append(json.loads(answer.read())["results"][0]["classes"][0]["label"])
+    return labels
+
+
+def http_page(base: str) -> str:
+    """The model page's HTML."""
+    with urllib.request.urlopen(f"{base}/", timeout=30) as answer:
+        return str(answer.read().decode())
+
+
 def published_accuracy(compose: Compose, model: str) -> float:
     script = (
         "import json, pathlib, sys; "
@@ -520,7 +541,10 @@ def scenario(engine: Engine, work: Path, report: Report) -> None:
             build_prometheus_image(engine, work)
         report.facts["base"] = base or "python:3.11.14-slim-bookworm"
 
-    ports = {name: free_port() for name in ("SERVER_GRPC_PORT", "SERVER_METRICS_PORT", "PROMETHEUS_PORT")}
+    ports = {
+        name: free_port()
+        for name in ("SERVER_HTTP_PORT", "SERVER_GRPC_PORT", "SERVER_METRICS_PORT", "PROMETHEUS_PORT")
+    }
     files = [ROOT / "docker-compose.yml", write_override(work, base)]
     compose = Compose(engine, files, {k: str(v) for k, v in ports.items()})
     target = f"127.0.0.1:{ports['SERVER_GRPC_PORT']}"
@@ -545,10 +569,11 @@ def scenario(engine: Engine, work: Path, report: Report) -> None:
     exported = compose("logs", "--no-color", "export").stdout
     check("published version" in exported, f"the export job published nothing:\n{exported[-2000:]}")
 
-    with report.phase("from the host: classify CLI, tritonclient, no torch, non-root"):
+    with report.phase("from the host: classify CLI, HTTP, tritonclient, no torch, non-root"):
         pngs, truth = digit_pngs(work / "digits")
+        accuracy = {}
         for model in DEFAULT_MODELS:
-            served = classify_accuracy(target, model, pngs, truth)
+            served = accuracy[model] = classify_accuracy(target, model, pngs, truth)
             published = published_accuracy(compose, model)
             log(f"{model}: {served:.4f} top-1 on {len(pngs)} test PNGs; published {published:.4f}")
             check(
@@ -559,6 +584,19 @@ def scenario(engine: Engine, work: Path, report: Report) -> None:
             report.facts[f"accuracy {model}"] = (
                 f"{served:.4f} on {len(pngs)} PNGs (published {published:.4f})"
             )
+        http = f"http://127.0.0.1:{ports['SERVER_HTTP_PORT']}"
+        labels = http_labels(http, "lenet", pngs)
+        over_http = sum(p == t for p, t in zip(labels, truth, strict=True)) / len(truth)
+        check(
+            over_http == accuracy["lenet"],
+            f"lenet over HTTP: {over_http:.4f} top-1; over gRPC {accuracy['lenet']:.4f}",
+        )
+        page = http_page(http)
+        check(all(m in page for m in DEFAULT_MODELS), "the model page does not list the default models")
+        report.facts["HTTP"] = (
+            f"lenet {over_http:.4f} top-1 on {len(pngs)} PNGs through POST /v2/models/lenet/classify "
+            "(the same as gRPC); the model page lists " + ", ".join(DEFAULT_MODELS)
+        )
         report.facts["tritonclient"] = tritonclient_check(work, target)
         torch = compose("exec", "-T", "server", "python", "-c", "import torch", ok=False)
         check(

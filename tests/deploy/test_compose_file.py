@@ -112,10 +112,11 @@ def test_ports_and_health_check_agree_with_server_settings(compose: dict[str, An
     settings = server_settings(service)
     defaults = Settings()
     # The container ports are the settings' defaults, so the image works without any env too.
-    assert (settings.port, settings.metrics_port) == (defaults.port, defaults.metrics_port)
+    ports = ("http_port", "port", "metrics_port")
+    assert [getattr(settings, p) for p in ports] == [getattr(defaults, p) for p in ports]
     assert settings.host == "0.0.0.0", f"{name}: host {settings.host} is not reachable from outside"
     published = sorted(container_port(p) for p in service["ports"])
-    assert published == sorted([settings.port, settings.metrics_port]), f"{name} publishes {published}"
+    assert published == sorted(getattr(settings, p) for p in ports), f"{name} publishes {published}"
     test = service["healthcheck"]["test"]
     assert test[test.index("--server") + 1] == f"127.0.0.1:{settings.port}"
     assert "clients.health" in test

@@ -65,9 +65,9 @@ RENDERS = (
 )
 SERVER_RENDERS = ("overlays/cpu", "overlays/gpu")
 SERVER = "cnnserve-server"
-#: The container port name for each port setting; a new port setting (HTTP) fails the port tests
+#: The container port name for each port setting; a new port setting fails the port tests
 #: until it is named here and declared in the manifests.
-PORT_NAMES = {"port": "grpc", "metrics_port": "metrics"}
+PORT_NAMES = {"port": "grpc", "http_port": "http", "metrics_port": "metrics"}
 #: What the server needs after its grace period: closing sessions and exiting.
 SHUTDOWN_MARGIN_S = 5
 #: Where KServe puts the storageUri's contents in the predictor container.
