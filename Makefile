@@ -2,7 +2,9 @@
 #   make serve   install, export the default models if missing, serve them
 #   make test    install, lint, type-check, run the test suite
 #   make compose-test  build the images, run docker compose up and check it
-#   make perf-analyzer-test  run Triton's perf_analyzer against the server (statistics checks)
+#   make perf-analyzer-test  run Triton's perf_analyzer against the server over gRPC and HTTP
+#   make browser-test  drive the model page in headless Chromium (installed when missing)
+#   make http-benchmark  HTTP (binary, JSON) against gRPC at c=16; writes docs/http_benchmark.md
 #   make lock    re-resolve the lock files in requirements/ (UPGRADE=1 to move every pin)
 PYTHON ?= python3
 VENV := .venv
@@ -12,7 +14,7 @@ PORT ?= 8001
 METRICS_PORT ?= 8002
 PYTEST_ARGS ?=
 
-.PHONY: install lock serve export test lint typecheck protos compose-test perf-analyzer perf-analyzer-test clean
+.PHONY: install lock serve export test lint typecheck protos compose-test perf-analyzer perf-analyzer-test browser-test http-benchmark clean
 
 LOCK := requirements/dev.txt
 
@@ -68,6 +70,17 @@ perf-analyzer: $(PERF_VENV)/.installed
 
 perf-analyzer-test: install perf-analyzer
 	CNNSERVE_PERF_ANALYZER=$(PERF_VENV)/bin/perf_analyzer $(BIN)/python -m pytest -q tests/server/test_statistics.py -k perf_analyzer
+
+# HTTP against gRPC on one LeNet server, a few minutes (scripts/http_benchmark.py): perf_analyzer
+# -i grpc and -i http, tritonclient JSON and binary, interleaved rounds; writes docs/http_benchmark.md.
+http-benchmark: install perf-analyzer
+	CNNSERVE_PERF_ANALYZER=$(PERF_VENV)/bin/perf_analyzer $(BIN)/python scripts/http_benchmark.py
+
+# The model page (GET /) in Debian's headless Chromium, driven by Selenium (installed here when
+# missing); CNNSERVE_REQUIRE_BROWSER=1 turns the test's skip without a browser into a failure.
+browser-test: install
+	dpkg -s chromium chromium-driver >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver)
+	CNNSERVE_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q -m browser tests/server/test_model_page_browser.py
 
 protos: install
 	PATH=$(BIN):$$PATH scripts/generate_protos.sh

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import os
 import sys
 import tempfile
@@ -230,37 +229,41 @@ PERF_ANALYZER = os.environ.get("CNNSERVE_PERF_ANALYZER")
 
 @pytest.mark.slow
 @pytest.mark.skipif(not PERF_ANALYZER, reason="CNNSERVE_PERF_ANALYZER does not name a perf_analyzer binary")
-async def test_perf_analyzer_runs_to_the_end(tmp_path: Path) -> None:
-    """Triton's perf_analyzer checks the statistics between every two measurement windows."""
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+async def test_perf_analyzer_runs_to_the_end(tmp_path: Path, protocol: str) -> None:
+    """Triton's perf_analyzer, over gRPC and over HTTP (``-i http``: the model's config and metadata
+    as JSON, binary tensor data in the infer requests), checks the statistics between every two
+    measurement windows and aborts on anything inconsistent; here it must reach its end."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import http_benchmark  # scripts/http_benchmark.py: perf_analyzer over either protocol
+
     repo = tmp_path / "repo"
     models: dict[str, TinyModel] = {"tiny": publish_tiny(repo, "tiny", seed=1)}
     run = await start(repo, models)
-    out = tmp_path / "perf_analyzer.json"
+    port = run.port if protocol == "grpc" else run.server.http_port
+    tool = http_benchmark.find_perf_analyzer()
+    argv = http_benchmark.perf_analyzer_command(
+        tool,
+        protocol,
+        f"127.0.0.1:{port}",
+        "tiny",
+        tmp_path / "report.csv",
+        concurrency=(1, 7, 3),
+        window_ms=1000,
+    )
     try:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(ROOT / "scripts" / "perf_analyzer.py"),
-            "--server",
-            f"127.0.0.1:{run.port}",
-            "--model",
-            "tiny",
-            "--concurrency",
-            "1,4,8",
-            "--measurement-interval-ms",
-            "1000",
-            "--json",
-            str(out),
-            cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        output, _ = await asyncio.wait_for(process.communicate(), 300)
+        # The server runs on this event loop: perf_analyzer waits in a thread.
+        result = await asyncio.to_thread(http_benchmark.run_perf_analyzer, tool, argv, 300)
+        entry = await _stats(run, "tiny")
     finally:
         await run.channel.close(None)
         await run.server.stop(0)
-    assert process.returncode == 0, output.decode(errors="replace")[-3000:]
-    levels = json.loads(out.read_text())["levels"]
-    assert [lvl["concurrency"] for lvl in levels] == [1, 4, 8]
+    assert "error" not in result, f"{http_benchmark.shown_perf_analyzer(argv)}\n{result['error']}"
+    levels = result["rows"]
+    assert [lvl["concurrency"] for lvl in levels] == [1, 4, 7]
     for lvl in levels:
         assert lvl["throughput_infer_per_s"] > 0
         assert lvl["server_compute_infer_us"] >= 0
+    # The server counted at least the requests of perf_analyzer's last windows, and failed none.
+    assert entry.inference_stats.success.count >= result["requests"] > 0
+    assert entry.inference_stats.fail.count == 0
