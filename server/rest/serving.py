@@ -112,6 +112,8 @@ class HttpServer:
             ssl_cert_reqs=ssl.CERT_REQUIRED if settings.tls_client_ca else ssl.CERT_NONE,
         )
         config.load()
+        # uvicorn's own INFO lines ("Shutting down", ...) repeat what server.app logs.
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
         self._server = uvicorn.Server(config)
         self._server.lifespan = config.lifespan_class(config)
         self._socket: socket.socket | None = None
