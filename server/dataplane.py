@@ -21,6 +21,7 @@ from server import tensors
 from server.errors import InvalidInput, ModelNotFound, PermissionDenied, ServerError, Unavailable
 from server.images import decode_images
 from server.logs import bind_request_id
+from server.metrics import Duration
 from server.models import LoadedModel, ModelManager
 from server.settings import Settings
 from server.types import (
@@ -375,8 +376,8 @@ def _classify_response(model: LoadedModel, logits: np.ndarray, top_k: int) -> Cl
     return ClassifyResponse(model.name, str(model.version), results)
 
 
-def _duration(source: object) -> dict[str, int]:
-    return {"count": getattr(source, "count"), "ns": getattr(source, "ns")}  # noqa: B009
+def _duration(source: Duration) -> dict[str, int]:
+    return {"count": source.count, "ns": source.ns}
 
 
 def _triton_config(model: LoadedModel) -> ModelConfiguration:
