@@ -25,6 +25,12 @@ METADATA_FILENAME = "metadata.json"
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 
+#: A version as the repository spells its directories: ASCII digits without a leading zero, so
+#: that a version can only ever become one numeric directory name.
+VERSION_PATTERN = r"[1-9][0-9]{0,17}"
+VERSION = re.compile(VERSION_PATTERN)
+
+
 class InvalidModelName(ValueError):
     """A model name that could address something other than a model directory."""
 

@@ -11,17 +11,17 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import logging
-import re
 import time
 
 import numpy as np
 
 from modelrepo.datatypes import DATATYPES
+from modelrepo.repository import VERSION
 from server import tensors
 from server.errors import InvalidInput, ModelNotFound, PermissionDenied, ServerError, Unavailable
 from server.images import decode_images
 from server.logs import bind_request_id
-from server.metrics import Duration
+from server.metrics import INFERENCE_STATS, Duration
 from server.models import LoadedModel, ModelManager
 from server.settings import Settings
 from server.types import (
@@ -260,19 +260,7 @@ class DataPlane:
                     "last_inference": s.last_inference_ms,
                     "inference_count": s.inference_count,
                     "execution_count": s.execution_count,
-                    "inference_stats": {
-                        key: _duration(getattr(s, key))
-                        for key in (
-                            "success",
-                            "fail",
-                            "queue",
-                            "compute_input",
-                            "compute_infer",
-                            "compute_output",
-                            "cache_hit",
-                            "cache_miss",
-                        )
-                    },
+                    "inference_stats": {key: _duration(getattr(s, key)) for key in INFERENCE_STATS},
                     "batch_stats": [
                         {
                             "batch_size": size,
@@ -330,10 +318,6 @@ class DataPlane:
         await self.manager.unload(name)
 
 
-#: A version as the repository spells its directories: ASCII digits without a leading zero.
-_VERSION = re.compile(r"[1-9][0-9]{0,17}")
-
-
 def parse_version_parameter(raw: object) -> int:
     """The ``version`` parameter of a repository load as a positive integer.
 
@@ -344,7 +328,7 @@ def parse_version_parameter(raw: object) -> int:
         raw = raw.decode(errors="replace")
     if isinstance(raw, int) and not isinstance(raw, bool) and 1 <= raw < 10**18:
         return raw
-    if isinstance(raw, str) and _VERSION.fullmatch(raw):
+    if isinstance(raw, str) and VERSION.fullmatch(raw):
         return int(raw)
     raise InvalidInput(f"load parameter version is {raw!r}; expected a positive integer such as 1")
 

@@ -98,6 +98,19 @@ class BatchStats:
     compute_output: Duration = field(default_factory=Duration)
 
 
+#: The fields of Triton's ``inference_stats``, each a :class:`Duration` of :class:`ModelStats`.
+INFERENCE_STATS = (
+    "success",
+    "fail",
+    "queue",
+    "compute_input",
+    "compute_infer",
+    "compute_output",
+    "cache_hit",
+    "cache_miss",
+)
+
+
 @dataclass
 class ModelStats:
     """Cumulative statistics of one loaded model version (Triton's ModelStatistics), plus metrics.
@@ -109,16 +122,16 @@ class ModelStats:
     ``inference_stats``, counted per *request*:
 
     - ``success``: requests answered, and their whole time in the data plane (arrival to
-      encoded answer).
+      the answer's tensors; the edge's encoding into protobuf or JSON comes after).
     - ``fail``: requests that failed, and their time; they count nowhere else.
     - ``queue``: time from entering the batcher's queue until the batch holding it is taken.
     - ``compute_input``: preparing the input tensor: the data plane's work before the request
-      enters the queue (lookup, validation, turning the protobuf or the images into the
-      request's array).
+      enters the queue (lookup, validation, turning the edge's tensor data or the images into
+      the request's array).
     - ``compute_infer``: the ONNX Runtime run of the request's batch, counted once for
       every request in it (a batch of 3 requests that computed 2 ms adds 3 and 6 ms).
     - ``compute_output``: from the data plane receiving the request's slice of the output to
-      the encoded answer (the copy into the response, or the top-k of Classify).
+      the answer's tensors (the classification extension, or the top-k of Classify).
     - ``cache_hit`` / ``cache_miss``: always zero: there is no response cache.
 
     What none of them counts (perf_analyzer shows it as overhead): merging the requests into

@@ -12,18 +12,15 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import re
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from modelrepo.repository import validate_model_name
+from modelrepo.repository import VERSION, validate_model_name
 
 ENV_PREFIX = "CNNSERVE_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-#: A version number as the repository spells its directories: ASCII digits, no leading zero.
-_VERSION = re.compile(r"[1-9][0-9]{0,17}")
 MiB = 1 << 20
 MAX_PORT = 65535
 
@@ -42,7 +39,7 @@ class ModelSelection:
         validate_model_name(name)
         if not sep:
             return cls(name)
-        if not _VERSION.fullmatch(version):
+        if not VERSION.fullmatch(version):
             raise ValueError(f"model {text!r} has version {version!r}; expected a positive integer")
         return cls(name, int(version))
 

@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from modelrepo import ModelConfig
-from modelrepo.datatypes import DATATYPE_OF, DATATYPES
+from modelrepo.datatypes import DATATYPES, datatype_of
 from server.errors import InvalidInput
 from server.types import InferRequest, OutputTensor
 
@@ -37,16 +37,14 @@ def serialize_bytes(array: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
-def to_raw(array: np.ndarray) -> tuple[str, bytes]:
-    """An output array -> (KServe datatype, its bytes in the v2 binary layout)."""
-    datatype = DATATYPE_OF.get(array.dtype.newbyteorder("="))
-    if datatype is None:
-        raise TypeError(f"output dtype {array.dtype} has no KServe datatype")
-    if datatype == "BYTES":
-        return datatype, serialize_bytes(array)
+def raw_bytes(tensor: OutputTensor) -> bytes:
+    """An output tensor's bytes in the v2 binary layout (both edges' binary form)."""
+    array = tensor.data
+    if tensor.datatype == "BYTES":
+        return serialize_bytes(array)
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
-    return datatype, array.tobytes()
+    return array.tobytes()
 
 
 def classify(scores: np.ndarray, k: int, labels: Sequence[str]) -> np.ndarray:
@@ -185,7 +183,7 @@ def output_tensors(
     tensors = []
     for name, count in outputs:
         array = classify(result, count, model.config.labels) if count else result
-        datatype = DATATYPE_OF.get(array.dtype.newbyteorder("="))
+        datatype = datatype_of(array.dtype)
         if datatype is None:  # pragma: no cover - model datatypes all have a name (modelrepo.config)
             raise TypeError(f"output dtype {array.dtype} has no KServe datatype")
         tensors.append(OutputTensor(name, datatype, array))

@@ -114,10 +114,10 @@ def infer_response(response: InferResponse) -> pb.ModelInferResponse:
         model_name=response.model_name, model_version=response.model_version, id=response.id
     )
     for output in response.outputs:
-        datatype, raw = tensors.to_raw(output.data)
+        raw = tensors.raw_bytes(output)
         tensor = message.outputs.add()
         tensor.name = output.name
-        tensor.datatype = datatype
+        tensor.datatype = output.datatype
         tensor.shape.extend(output.shape)
         message.raw_output_contents.append(raw)
     return message

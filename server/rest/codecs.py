@@ -309,7 +309,7 @@ def infer_response(response: InferResponse, decoded: HttpInferRequest) -> tuple[
             "shape": list(output.shape),
         }
         if decoded.binary(output.name):
-            _, raw = tensors.to_raw(output.data)
+            raw = tensors.raw_bytes(output)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:

@@ -19,8 +19,10 @@ import copy
 import functools
 from typing import Any
 
+from modelrepo import repository
 from modelrepo.datatypes import DATATYPES
 from server.dataplane import EXTENSIONS, SERVER_VERSION
+from server.metrics import INFERENCE_STATS
 
 Schema = dict[str, Any]
 
@@ -30,7 +32,7 @@ Schema = dict[str, Any]
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9_](?:\.?[A-Za-z0-9_-])*\.?$"
 MODEL_NAME_MAX_LENGTH = 128
 #: A version as the repository spells its directories: a positive integer, no leading zero.
-VERSION_PATTERN = r"^[1-9][0-9]{0,17}$"
+VERSION_PATTERN = f"^{repository.VERSION_PATTERN}$"
 #: The header of Triton's binary tensor data extension: the JSON part's length in bytes.
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -102,16 +104,6 @@ def _schemas() -> dict[str, Schema]:
     config_types = sorted({d.config_type for d in DATATYPES.values()})
     scalar: list[Schema] = [{"type": "number"}, {"type": "boolean"}, {"type": "string"}]
     duration = _closed({"count": _COUNT, "ns": _COUNT}, description="How many, and their total nanoseconds.")
-    stats_keys = (
-        "success",
-        "fail",
-        "queue",
-        "compute_input",
-        "compute_infer",
-        "compute_output",
-        "cache_hit",
-        "cache_miss",
-    )
     return {
         "Error": _closed(
             {"error": {"type": "string", "description": "What is wrong, for a person to read."}},
@@ -230,7 +222,7 @@ def _schemas() -> dict[str, Schema]:
         },
         # -- statistics --
         "StatisticDuration": duration,
-        "InferStatistics": _closed({key: _ref("StatisticDuration") for key in stats_keys}),
+        "InferStatistics": _closed({key: _ref("StatisticDuration") for key in INFERENCE_STATS}),
         "InferBatchStatistics": _closed(
             {
                 "batch_size": {"type": "integer", "minimum": 1},
@@ -399,7 +391,7 @@ def _schemas() -> dict[str, Schema]:
                     "name": {"type": "string"},
                     "version": {
                         "type": "string",
-                        "pattern": r"^(?:[1-9][0-9]{0,17})?$",
+                        "pattern": f"^(?:{repository.VERSION_PATTERN})?$",
                         "description": "The loaded version; empty when none is.",
                     },
                     "state": {"type": "string", "enum": ["READY", "LOADING", "UNLOADING", "UNAVAILABLE"]},

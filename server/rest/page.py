@@ -41,14 +41,13 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 import modelrepo
-from modelrepo.repository import CONFIG_FILENAME, InvalidModelName, validate_model_name
+from modelrepo.repository import CONFIG_FILENAME, VERSION, InvalidModelName, validate_model_name
 from server.dataplane import DataPlane
 from server.models import READY, LoadedModel, ModelEntry, repository_relative
 from server.rest.app import AUTHENTICATED, TOKEN_COOKIE
 
 TEMPLATES = Path(__file__).parent / "templates"
 #: A version as the repository spells its directories: ASCII digits without a leading zero.
-_VERSION = re.compile(r"[1-9][0-9]{0,17}")
 #: What a published figure may be called: no dot file, no separator, lower-case ``.png``.
 _FIGURE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,123}\.png")
 #: Larger files are not served (the export's figures are some tens of KiB).
@@ -165,7 +164,7 @@ def routes(plane: DataPlane) -> list[BaseRoute]:
         filename = request.path_params["filename"]
         try:
             validate_model_name(model)
-            if not _VERSION.fullmatch(version):
+            if not VERSION.fullmatch(version):
                 raise _NotFound(f"version {version!r} is not valid; expected a positive integer such as 1")
             content = await asyncio.to_thread(
                 _read_figure, Path(plane.settings.repository), model, int(version), filename
